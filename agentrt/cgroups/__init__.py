@@ -1,0 +1,1 @@
+"""Per-call cgroups and resource policies: not built yet (issue 5)."""

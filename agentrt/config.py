@@ -1,0 +1,118 @@
+"""Configuration: one pydantic-settings model.
+
+Sources, highest priority first: explicit arguments, ``AGENTRT_*`` environment variables
+(nested with ``__``, e.g. ``AGENTRT_ENGINE__THREADS=4``), a TOML file (``$AGENTRT_CONFIG`` or
+``<data dir>/config.toml``), then the defaults below.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+__all__ = ["EngineSettings", "Settings", "default_data_dir", "get_settings"]
+
+#: Name the local engine serves the embedded model under (OpenAI ``model`` field).
+LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
+
+
+def default_data_dir() -> Path:
+    """``$AGENTRT_HOME`` if set, else ``$XDG_DATA_HOME/agentrt`` or ``~/.local/share/agentrt``."""
+    home = os.environ.get("AGENTRT_HOME")
+    if home:
+        return Path(home).expanduser()
+    xdg = os.environ.get("XDG_DATA_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".local" / "share"
+    return base / "agentrt"
+
+
+class EngineSettings(BaseModel):
+    """Settings of the embedded local engine (llama.cpp through xllamacpp)."""
+
+    host: str = Field("127.0.0.1", description="Loopback address the engine listens on.")
+    port: int = Field(8765, ge=0, le=65535, description="TCP port; 0 picks a free one.")
+    threads: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1), ge=1,
+                         description="CPU threads for decoding and prompt processing.")
+    context: int = Field(8192, ge=512, description="Total context in tokens, shared by all slots.")
+    parallel: int = Field(4, ge=1, le=64, description="Parallel slots (concurrent requests).")
+    startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for health.")
+
+
+class Settings(BaseSettings):
+    """Everything agentrt can be configured with.
+
+    Attributes:
+        data_dir: where models, traces and memory live.
+        base_url: OpenAI-compatible endpoint (``.../v1``); ``None`` means the embedded local engine.
+        api_key: bearer key for ``base_url``; not needed for the local engine.
+        model: model name sent to the endpoint.
+        request_timeout: seconds without progress before a model call fails (per read).
+        max_retries: retries on 429, 5xx and connection errors, with exponential backoff.
+        engine: local engine settings.
+        default_memory, default_cpu, default_pids, default_timeout: the default resource
+            intent of a tool that declares none (bytes, cores, processes, seconds).
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix="AGENTRT_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    base_url: str | None = None
+    api_key: str | None = None
+    model: str = LOCAL_MODEL_NAME
+    request_timeout: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+    default_memory: int = Field(512 * 1024 * 1024, gt=0)
+    default_cpu: float = Field(1.0, gt=0)
+    default_pids: int = Field(64, ge=1)
+    default_timeout: float = Field(60.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml_path = Path(os.environ.get("AGENTRT_CONFIG", default_data_dir() / "config.toml"))
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if toml_path.is_file():
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    @property
+    def models_dir(self) -> Path:
+        return self.data_dir / "models"
+
+    @property
+    def uses_local_engine(self) -> bool:
+        return self.base_url is None
+
+
+def get_settings(**overrides: Any) -> Settings:
+    """Build the settings, with ``overrides`` taking precedence over every other source.
+
+    Raises:
+        ConfigError: a source holds an invalid value (the message names the field).
+    """
+    from pydantic import ValidationError
+
+    from agentrt.errors import ConfigError
+
+    try:
+        return Settings(**{k: v for k, v in overrides.items() if v is not None})
+    except ValidationError as exc:
+        raise ConfigError(f"invalid agentrt configuration: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Parallel function-call decoding (SimpleTool style): not built yet (issue 7)."""

@@ -1,0 +1,1 @@
+"""Episodic memory store: not built yet (issue 8)."""

@@ -1,0 +1,1 @@
+"""Planner: LLMCompiler plan prompts, streaming plan parsers and validation, joiner and replanning."""

@@ -1,0 +1,1 @@
+"""Sleep-time compute: not built yet (issue 9)."""
