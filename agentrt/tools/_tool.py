@@ -14,6 +14,7 @@ from typing import Any, Literal, overload
 import anyio
 import anyio.to_thread
 from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, create_model
+from pydantic_core import to_jsonable_python
 
 from agentrt.tools._limits import Limits
 from agentrt.tools._result import ToolResult, ToolUsage
@@ -90,23 +91,26 @@ class Tool(BaseModel):
         except InvalidArguments as exc:
             return ToolResult.failure("invalid_args", str(exc))
         try:
-            with anyio.fail_after(self.limits.timeout):
+            # move_on_after, not fail_after: a TimeoutError the tool raises itself (a socket
+            # timeout, say) is the tool's error, not the runtime's limit.
+            with anyio.move_on_after(self.limits.timeout) as scope:
                 if inspect.iscoroutinefunction(self.fn):
                     value = await self.fn(**kwargs)
                 else:
                     value = await anyio.to_thread.run_sync(
                         lambda: self.fn(**kwargs), abandon_on_cancel=True
                     )
-        except TimeoutError:
+            if not scope.cancelled_caught:
+                # lists of models, enums, dataclasses...: the value must be JSON, not objects
+                value = to_jsonable_python(value)
+        except Exception as exc:  # a tool's failure is a value, never an exception
+            usage = ToolUsage(wall_seconds=time.perf_counter() - start)
+            return ToolResult.failure("tool_error", f"{type(exc).__name__}: {exc}", usage)
+        if scope.cancelled_caught:
             usage = ToolUsage(wall_seconds=time.perf_counter() - start, timed_out=True)
             return ToolResult.failure(
                 "timeout", f"{self.name} did not finish within {self.limits.timeout:g} s", usage
             )
-        except Exception as exc:  # a tool's failure is a value, never an exception
-            usage = ToolUsage(wall_seconds=time.perf_counter() - start)
-            return ToolResult.failure("tool_error", f"{type(exc).__name__}: {exc}", usage)
-        if isinstance(value, BaseModel):
-            value = value.model_dump(mode="json")
         return ToolResult.success(value, ToolUsage(wall_seconds=time.perf_counter() - start))
 
 
@@ -131,7 +135,7 @@ def _docstring_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
         text = [s.value for s in sections if s.kind is DocstringSectionKind.text]
         if found:
             params = found
-            summary = (text[0] if text else summary).strip()
+            summary = (text[0] if text else summary).split("\n\n", 1)[0].strip()
             break
     return " ".join(summary.split()), params
 
