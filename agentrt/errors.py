@@ -13,6 +13,7 @@ __all__ = [
     "ModelError",
     "ModelTimeout",
     "ModelHTTPError",
+    "ModelNotFound",
     "ModelResponseError",
     "ModelNotInstalled",
     "EngineError",
@@ -56,6 +57,10 @@ class ModelHTTPError(ModelError):
         super().__init__(message)
         self.status_code = status_code
         self.body = body
+
+
+class ModelNotFound(ModelHTTPError):
+    """The endpoint answered 404 because it does not serve the requested model name."""
 
 
 class ModelResponseError(ModelError):
