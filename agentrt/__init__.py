@@ -1,6 +1,12 @@
-"""agentrt: an agent orchestration runtime with resource control."""
+"""agentrt: an agent orchestration runtime with resource control.
 
+The public SDK surface: `Agent` (plan tool calls as a DAG, run them in parallel, join),
+`tool` (make a tool from a function), `Limits` (a tool's resource intent), `ToolResult`.
+"""
+
+from agentrt._agent import Agent, RunResult
+from agentrt.planner import PlanExample
 from agentrt.tools import Limits, Tool, ToolRegistry, ToolResult, tool
 
-__all__ = ["Limits", "Tool", "ToolRegistry", "ToolResult", "tool"]
+__all__ = ["Agent", "Limits", "PlanExample", "RunResult", "Tool", "ToolRegistry", "ToolResult", "tool"]
 __version__ = "0.1.0"

@@ -1,0 +1,175 @@
+"""`agentrt run`: answer a question with a live view of the plan and its tasks."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from agentrt.cli._app import app
+from agentrt.errors import AgentrtError
+
+console = Console(stderr=False)
+
+
+def load_tools_file(path: Path) -> tuple[list[Any], list[Any]]:
+    """Import a Python file and return its tools (``TOOLS`` or ``tools()``) and ``PLAN_EXAMPLES``.
+
+    Raises:
+        typer.BadParameter: the file is missing or defines no tools.
+    """
+    if not path.is_file():
+        raise typer.BadParameter(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(f"agentrt_user_tools_{path.stem}", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    tools = getattr(module, "TOOLS", None)
+    if tools is None and callable(getattr(module, "tools", None)):
+        tools = module.tools()
+    if not tools:
+        raise typer.BadParameter(f"{path} defines neither TOOLS nor tools()")
+    return list(tools), list(getattr(module, "PLAN_EXAMPLES", []))
+
+
+class LiveView:
+    """Keeps the state of every task from run events and renders it as a rich table."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, dict[str, Any]] = {}
+        self.notes: list[str] = []
+        self.t0 = time.perf_counter()
+
+    def on_event(self, ev: Any) -> None:
+        kind = type(ev).__name__
+        now = time.perf_counter() - self.t0
+        task = getattr(ev, "task", None)
+        if kind == "TaskAdded":
+            self.rows[task.id] = {"task": task, "state": "waiting", "added": now}
+        elif kind == "TaskStarted" and task is not None and task.id in self.rows:
+            self.rows[task.id].update(state="running", start=now)
+        elif kind in ("TaskFinished", "TaskSkipped") and task is not None and task.id in self.rows:
+            result = getattr(ev, "result", None)
+            ok = bool(result is not None and result.ok)
+            self.rows[task.id].update(state="done" if ok else ("skipped" if kind == "TaskSkipped" else "failed"),
+                                      end=now, result=result)
+        elif kind == "PlanIssueSeen":
+            self.notes.append(f"[yellow]plan issue:[/] {ev.issue.message}")
+        elif kind == "JoinDecision":
+            if ev.action == "replan":
+                self.notes.append(f"[magenta]replan:[/] {ev.thought}")
+        elif kind == "RoundStarted" and ev.round > 1:
+            self.notes.append(f"[magenta]round {ev.round}[/]")
+
+    def render(self) -> Group:
+        table = Table(title="plan", expand=False, show_lines=False)
+        for col in ("#", "call", "state", "start s", "wall s", "result"):
+            table.add_column(col, overflow="fold")
+        colors = {"waiting": "dim", "running": "cyan", "done": "green", "failed": "red", "skipped": "yellow"}
+        for tid in sorted(self.rows):
+            row = self.rows[tid]
+            task = row["task"]
+            result = row.get("result")
+            preview = ""
+            if result is not None:
+                preview = result.describe(80).replace("\n", " ")
+            start = f"{row['start']:.2f}" if "start" in row else ""
+            wall = f"{row['end'] - row['start']:.2f}" if "end" in row and "start" in row else ""
+            call = task.render().split(". ", 1)[-1]
+            table.add_row(str(tid), call[:70], Text(row["state"], style=colors[row["state"]]), start, wall, preview)
+        return Group(table, *[Text.from_markup(n) for n in self.notes[-6:]])
+
+
+@app.command()
+def run(
+    question: str = typer.Argument(..., help="The question to answer."),
+    tools_from: Path | None = typer.Option(None, "--tools-from", help="Python file defining TOOLS (and PLAN_EXAMPLES)."),
+    tool_names: list[str] = typer.Option([], "--tools", help="Use only these tools (repeatable)."),
+    model: str | None = typer.Option(None, help="Model name at the endpoint."),
+    base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; default: the local engine."),
+    max_rounds: int = typer.Option(3, help="Plan/join rounds before a partial answer."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the live view."),
+) -> None:
+    """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results."""
+    from agentrt import Agent
+    from agentrt.config import get_settings
+    from agentrt.tools.builtin import builtin_examples, builtin_tools
+
+    if tools_from is not None:
+        tools, examples = load_tools_file(tools_from)
+    else:
+        tools, examples = builtin_tools(roots=[Path.cwd()]), builtin_examples()
+    if tool_names:
+        wanted = set(tool_names)
+        unknown = wanted - {t.name for t in tools}
+        if unknown:
+            raise typer.BadParameter(f"unknown tools {sorted(unknown)}; available: {[t.name for t in tools]}")
+        tools = [t for t in tools if t.name in wanted]
+    settings = get_settings(model=model, base_url=base_url)
+    view = LiveView()
+
+    async def go() -> Any:
+        agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
+                      on_event=view.on_event)
+        try:
+            if as_json:
+                return await agent.run(question)
+            with console.status("starting the model...", spinner="dots"):
+                await agent._ensure_model()
+            view.t0 = time.perf_counter()
+            with Live(view.render(), console=console, refresh_per_second=8) as live:
+                async def refresh() -> None:
+                    while True:
+                        live.update(view.render())
+                        await anyio.sleep(0.125)
+
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(refresh)
+                    result = await agent.run(question)
+                    tg.cancel_scope.cancel()
+                live.update(view.render())
+            return result
+        finally:
+            await agent.aclose()
+
+    try:
+        result = anyio.run(go)
+    except AgentrtError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if as_json:
+        out = {
+            "answer": result.answer, "partial": result.partial, "reason": result.reason,
+            "plan": [t.render() for t in result.plan],
+            "results": {str(k): v.model_dump(mode="json") for k, v in result.results.items()},
+            "usage": result.usage.model_dump(), "llm_calls": result.llm_calls,
+            "wall_seconds": result.wall_seconds, "first_dispatch_seconds": result.first_dispatch_seconds,
+            "critical_path": {"tasks": result.critical_path[0], "seconds": result.critical_path[1]},
+            "rounds": result.rounds, "issues": result.issues, "cost_usd": result.cost_usd,
+        }
+        console.print_json(json.dumps(out, default=str))
+        return
+    style = "yellow" if result.partial else "bold green"
+    console.print(f"\n[{style}]answer:[/] {result.answer}")
+    if result.partial:
+        console.print(f"[yellow]partial:[/] {result.reason}")
+    u = result.usage
+    path, path_s = result.critical_path
+    console.print(
+        f"[dim]tokens: {u.input_tokens} in ({u.cached_tokens} cached), {u.output_tokens} out; "
+        f"{result.llm_calls} LLM calls; {len(result.plan)} tasks in {result.rounds} round(s)\n"
+        f"wall: {result.wall_seconds:.2f} s; first dispatch at {result.first_dispatch_seconds or 0:.2f} s; "
+        f"critical path: {' -> '.join(map(str, path)) or '-'} ({path_s:.2f} s of tool time); "
+        f"cost: {'0 USD (local model)' if result.cost_usd == 0 else result.cost_usd}[/]"
+    )

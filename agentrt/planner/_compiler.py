@@ -1,0 +1,264 @@
+"""The LLMCompiler loop: stream a plan, dispatch each task the moment it parses, join, replan.
+
+Source: Kim et al., "An LLM Compiler for Parallel Function Calling" (2023, arXiv:2312.04511).
+Differences from the original, each fixing a failure its users hit (see
+shared/notes/anchor_llmcompiler.md): a task is handed to the scheduler when its closing
+parenthesis arrives, not at the next newline; a failed or hanging tool completes its task with an
+error value, so the run never hangs; bad tasks become plan issues the joiner sees; a replan keeps
+every finished result and plans only what is missing, with a bounded number of rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrt.executor import LocalBackend, Scheduler, Task, TaskStarted, critical_path
+from agentrt.llm import ChatModel, Message, Usage
+from agentrt.planner._events import (
+    JoinDecision,
+    PlanIssueSeen,
+    RoundStarted,
+    RunEvent,
+    TaskAdded,
+)
+from agentrt.planner._parser import PlanEnd, PlanIssue, TaskParsed, TextPlanParser
+from agentrt.planner._prompts import (
+    END_OF_PLAN,
+    JOINER_SCHEMA,
+    PlanExample,
+    joiner_system_prompt,
+    planner_system_prompt,
+)
+from agentrt.planner._validate import PlanValidator
+from agentrt.tools import ToolRegistry, ToolResult
+
+__all__ = ["CompilerResult", "LLMCompiler"]
+
+log = logging.getLogger(__name__)
+
+JOIN_STOP = "join()"
+# The text a plan ends with when the server stopped on JOIN_STOP: "...\n4. " (the number of
+# the join line, with the stop string itself removed by the server).
+_STOPPED_AT_JOIN = re.compile(r"(^|\n)\s*\d+\s*[.)]\s*$")
+
+
+@dataclass
+class CompilerResult:
+    """What one run of the compiler produced.
+
+    Attributes:
+        answer: the final answer text.
+        partial: the answer is incomplete (the message in ``reason`` says why).
+        reason: why the answer is partial, or ``None``.
+        tasks: every task of every round, by id.
+        results: every task's result, by id.
+        issues: plan problems found (bad tasks, parse errors), in order.
+        rounds: number of plan/join rounds.
+        usage: token usage of every LLM call of the run.
+        llm_calls: number of LLM calls.
+        wall_seconds: end-to-end time.
+        first_dispatch_seconds: time from the start to the first task dispatch, or None.
+        critical_path: task ids on the longest measured chain, and its length in seconds.
+    """
+
+    answer: str
+    partial: bool = False
+    reason: str | None = None
+    tasks: dict[int, Task] = field(default_factory=dict)
+    results: dict[int, ToolResult] = field(default_factory=dict)
+    issues: list[PlanIssue] = field(default_factory=list)
+    rounds: int = 0
+    usage: Usage = field(default_factory=Usage)
+    llm_calls: int = 0
+    wall_seconds: float = 0.0
+    first_dispatch_seconds: float | None = None
+    critical_path: tuple[list[int], float] = ([], 0.0)
+
+
+def _describe_results(tasks: dict[int, Task], results: dict[int, ToolResult], limit: int = 700) -> str:
+    lines = []
+    for tid in sorted(tasks):
+        r = results.get(tid)
+        out = r.describe(limit) if r is not None else "(not run)"
+        lines.append(f"{tasks[tid].render()}\n   -> {out}")
+    return "\n".join(lines)
+
+
+class LLMCompiler:
+    """Plan, execute in parallel, join; replan at most ``max_rounds - 1`` times.
+
+    Args:
+        model: the chat model for the planner and the joiner.
+        registry: the tools a plan may call.
+        examples: worked examples for the planner prompt (one is usually enough).
+        max_rounds: plan/join rounds before the answer is given as partial.
+        max_concurrency: cap on concurrently running tool calls (``None``: no cap).
+        backend: executor backend (in-process by default).
+        on_event: called synchronously with every `RunEvent` (plan task added, task
+            started/finished, joiner decision); must be cheap.
+        plan_max_tokens: output token cap of one planner call.
+    """
+
+    def __init__(
+        self,
+        model: ChatModel,
+        registry: ToolRegistry,
+        *,
+        examples: Sequence[PlanExample] = (),
+        max_rounds: int = 3,
+        max_concurrency: int | None = None,
+        backend: Any = None,
+        on_event: Callable[[RunEvent], None] | None = None,
+        plan_max_tokens: int = 512,
+        joiner_max_tokens: int = 200,
+    ) -> None:
+        if max_rounds < 1:
+            raise ValueError("max_rounds must be at least 1")
+        self.model = model
+        self.registry = registry
+        self.examples = list(examples)
+        self.max_rounds = max_rounds
+        self.plan_max_tokens = plan_max_tokens
+        self.joiner_max_tokens = joiner_max_tokens
+        self._emit = on_event or (lambda e: None)
+        self.scheduler = Scheduler(
+            registry, backend=backend or LocalBackend(), max_concurrency=max_concurrency,
+            on_event=self._emit,
+        )
+        self._system = planner_system_prompt(registry, self.examples)
+
+    async def run(self, question: str, *, context: str | None = None) -> CompilerResult:
+        """Answer ``question``; ``context`` (e.g. learned facts) is given to the planner.
+
+        Raises:
+            ModelError: the model endpoint failed (after its retries).
+        """
+        t0 = self._t0 = time.perf_counter()
+        res = CompilerResult(answer="")
+        feedback: str | None = None
+
+        def on_sched(ev: Any) -> None:
+            if res.first_dispatch_seconds is None and isinstance(ev, TaskStarted):
+                res.first_dispatch_seconds = time.perf_counter() - t0
+            self._emit(ev)
+
+        self.scheduler.on_event = on_sched
+        for round_no in range(1, self.max_rounds + 1):
+            res.rounds = round_no
+            self._emit(RoundStarted(round=round_no))
+            await self._plan_and_execute(question, context, feedback, res)
+            decision = await self._join(question, res)
+            self._emit(decision)
+            if decision.action == "answer" or round_no == self.max_rounds:
+                res.answer = decision.answer
+                if decision.action == "replan":
+                    res.partial = True
+                    res.reason = f"stopped after {self.max_rounds} rounds: {decision.thought}"
+                failed = [t for t, r in res.results.items() if not r.ok]
+                if failed and not res.partial and decision.action == "answer" and not any(
+                    r.ok for r in res.results.values()
+                ):
+                    res.partial = True
+                    res.reason = "every tool call failed"
+                break
+            feedback = decision.thought or "some results are missing or failed"
+        res.wall_seconds = time.perf_counter() - t0
+        res.critical_path = critical_path(res.tasks, res.results)
+        return res
+
+    def _planner_messages(self, question: str, context: str | None, feedback: str | None,
+                          res: CompilerResult) -> list[Message]:
+        user = f"Question: {question}"
+        if context:
+            user = f"Known context:\n{context}\n\n{user}"
+        msgs = [Message(role="system", content=self._system), Message(role="user", content=user)]
+        if res.tasks:
+            next_id = max(res.tasks) + 1
+            done = _describe_results(res.tasks, res.results)
+            issues = "\n".join(f"- {i.message}" for i in res.issues[-5:])
+            msgs.append(Message(role="user", content=(
+                f"These calls were already made; do not repeat them, use $K to refer to their results:\n{done}\n"
+                + (f"Problems found in the plan:\n{issues}\n" if issues else "")
+                + f"What is missing: {feedback}\n"
+                f"Write only the new calls, numbered from {next_id}, then {next_id}. join() if no call is needed."
+            )))
+        return msgs
+
+    async def _plan_and_execute(self, question: str, context: str | None, feedback: str | None,
+                                res: CompilerResult) -> None:
+        parser = TextPlanParser(self.registry)
+        validator = PlanValidator(self.registry, known_ids=set(res.tasks))
+        msgs = self._planner_messages(question, context, feedback, res)
+        async with self.scheduler.session(results=dict(res.results)) as session:
+            def handle(events: list[Any]) -> bool:
+                for ev in events:
+                    if isinstance(ev, TaskParsed):
+                        checked = validator.check(ev.task)
+                        if isinstance(checked, PlanIssue):
+                            res.issues.append(checked)
+                            self._emit(PlanIssueSeen(issue=checked))
+                            continue
+                        res.tasks[checked.id] = checked
+                        self._emit(TaskAdded(task=checked))
+                        session.add(checked)
+                    elif isinstance(ev, PlanIssue):
+                        res.issues.append(ev)
+                        self._emit(PlanIssueSeen(issue=ev))
+                    elif isinstance(ev, PlanEnd):
+                        return True
+                return False
+
+            # Stop at join(): the server then ends the stream at once (exact usage, slot freed)
+            # instead of letting a small model go on to answer the question itself.
+            stream = await self.model.complete(
+                msgs, stream=True, max_tokens=self.plan_max_tokens, stop=[JOIN_STOP, END_OF_PLAN]
+            )
+            ended = False
+            text: list[str] = []
+            async for delta in stream:  # type: ignore[union-attr]
+                if delta.done and delta.completion is not None:
+                    res.usage = res.usage + delta.completion.usage
+                    res.llm_calls += 1
+                elif delta.content and not ended:
+                    text.append(delta.content)
+                    ended = handle(parser.feed(delta.content))
+            if not ended:
+                if _STOPPED_AT_JOIN.search("".join(text)):
+                    ended = handle(parser.feed(JOIN_STOP))
+                if not ended:
+                    handle(parser.close())
+            session.close()
+            results = await session.wait()
+        res.results.update(results)
+
+    async def _join(self, question: str, res: CompilerResult) -> JoinDecision:
+        body = _describe_results(res.tasks, res.results) or "(no tool call was made)"
+        if res.issues:
+            body += "\nPlan problems:\n" + "\n".join(f"- {i.message}" for i in res.issues[-5:])
+        msgs = [
+            Message(role="system", content=joiner_system_prompt()),
+            Message(role="user", content=f"Question: {question}\n\nResults:\n{body}"),
+        ]
+        comp = await self.model.complete(
+            msgs, max_tokens=self.joiner_max_tokens,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "join", "schema": JOINER_SCHEMA, "strict": True}},
+        )
+        res.usage = res.usage + comp.usage  # type: ignore[union-attr]
+        res.llm_calls += 1
+        text = comp.content.strip()  # type: ignore[union-attr]
+        try:
+            data = json.loads(text)
+            return JoinDecision(action=data["action"], answer=str(data.get("answer", "")),
+                                thought=str(data.get("thought", "")))
+        except (ValueError, KeyError, TypeError):
+            log.warning("joiner output is not the expected JSON; using it as the answer: %.200s", text)
+            return JoinDecision(action="answer", answer=text, thought="joiner output was not JSON")
+
+

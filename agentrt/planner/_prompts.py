@@ -1,0 +1,103 @@
+"""Prompts of the planner and the joiner, kept short: on a CPU, prompt tokens dominate latency.
+
+The structure follows LLMCompiler (Kim et al., 2023, arXiv:2312.04511): a numbered plan of tool
+calls with ``$N`` references and a final ``join()``; a joiner that answers or asks to replan.
+The wording is ours and tuned for small local models (one worked example, a stable prefix that
+the engine's prompt cache can reuse across calls).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+from agentrt.tools import Tool
+
+__all__ = ["PlanExample", "render_tool", "planner_system_prompt", "joiner_system_prompt", "END_OF_PLAN"]
+
+END_OF_PLAN = "<END_OF_PLAN>"
+
+
+class PlanExample(BaseModel):
+    """A worked example for the planner prompt: a question and its plan in the text format."""
+
+    question: str
+    plan: str
+
+
+def _type_of(schema: dict[str, Any]) -> str:
+    if "enum" in schema:
+        return " | ".join(json.dumps(v) for v in schema["enum"])
+    if "anyOf" in schema:
+        return " | ".join(_type_of(s) for s in schema["anyOf"])
+    t = schema.get("type", "any")
+    if t == "array":
+        return f"list[{_type_of(schema.get('items', {}))}]"
+    return str(t)
+
+
+def render_tool(tool: Tool) -> str:
+    """One tool as a compact signature line plus its description and parameter notes."""
+    props: dict[str, Any] = tool.parameters.get("properties", {})
+    required = set(tool.parameters.get("required", []))
+    params = []
+    notes = []
+    for name, schema in props.items():
+        opt = "" if name in required else "?"
+        params.append(f"{name}{opt}: {_type_of(schema)}")
+        if schema.get("description"):
+            notes.append(f"    {name}: {schema['description']}")
+    head = f"- {tool.name}({', '.join(params)}): {tool.description}"
+    return "\n".join([head, *notes])
+
+
+_PLANNER_RULES = """\
+You write a plan of tool calls that answers the user's question. Format, one call per line:
+N. tool(arg=value, ...)
+- N counts up from {first_id}. Values are JSON literals. Write $K to use the result of call K (K < N).
+- Calls that do not need each other's results run in parallel, so make them separate calls.
+- Use only these tools:
+{tools}
+- After the last call write: {join_id}. join()
+Then stop. Do not answer the question yourself."""
+
+
+def planner_system_prompt(tools: Iterable[Tool], examples: Sequence[PlanExample], first_id: int = 1) -> str:
+    """The planner's system prompt (text plan format).
+
+    The tool list and examples come first and never change within a session, so the prompt
+    prefix is identical across calls and the engine's prompt cache reuses it.
+    """
+    tool_text = "\n".join(render_tool(t) for t in tools)
+    rules = _PLANNER_RULES.format(tools=tool_text, first_id="1", join_id="the next number")
+    parts = [rules]
+    for ex in examples:
+        parts.append(f"Example question: {ex.question}\n{ex.plan.strip()}")
+    return "\n\n".join(parts)
+
+
+JOINER_SYSTEM = """\
+You read the results of tool calls made to answer a question, then decide.
+If the results answer the question, reply with action "answer" and a short, direct answer \
+(a name, a number with its unit, or yes/no, plus at most one sentence).
+If a needed result is missing or an error, reply with action "replan" and say what is missing.
+Reply with JSON only: {"thought": "...", "action": "answer" | "replan", "answer": "..."}"""
+
+
+def joiner_system_prompt() -> str:
+    return JOINER_SYSTEM
+
+
+JOINER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "thought": {"type": "string", "maxLength": 400},
+        "action": {"type": "string", "enum": ["answer", "replan"]},
+        "answer": {"type": "string", "maxLength": 400},
+    },
+    "required": ["thought", "action", "answer"],
+    "additionalProperties": False,
+}
