@@ -1,5 +1,21 @@
 """Executor: tasks and references, the task fetching unit (scheduler) and executor backends."""
 
+from agentrt.executor._backend import ExecutorBackend, LocalBackend
+from agentrt.executor._scheduler import (
+    Scheduler,
+    SchedulerEvent,
+    Session,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+    TaskTiming,
+    critical_path,
+    makespan,
+)
 from agentrt.executor._task import REF_PATTERN, Ref, Task, TaskStatus, find_refs, resolve_refs
 
-__all__ = ["REF_PATTERN", "Ref", "Task", "TaskStatus", "find_refs", "resolve_refs"]
+__all__ = [
+    "REF_PATTERN", "ExecutorBackend", "LocalBackend", "Ref", "Scheduler", "SchedulerEvent", "Session",
+    "Task", "TaskFinished", "TaskSkipped", "TaskStarted", "TaskStatus", "TaskTiming", "critical_path",
+    "find_refs", "makespan", "resolve_refs",
+]
