@@ -128,7 +128,7 @@ def _docstring_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
         except TypeError:
             sections = Docstring(doc, lineno=1).parse(style)  # type: ignore[arg-type]
         found = {
-            p.name: p.description.strip()
+            p.name: " ".join(p.description.split())
             for s in sections if s.kind is DocstringSectionKind.parameters
             for p in s.value
         }

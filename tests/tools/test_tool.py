@@ -118,6 +118,21 @@ def test_google_docstring_gives_first_paragraph_and_parameter_descriptions():
     assert add.parameters["properties"]["b"]["description"] == "the second addend."
 
 
+def test_parameter_descriptions_wrapped_over_lines_become_one_line():
+    @tool
+    def search(query: str) -> list[str]:
+        """Search the notes.
+
+        Args:
+            query: words to look for; a long description that wraps
+                onto a second line.
+        """
+        return []
+
+    assert search.parameters["properties"]["query"]["description"] == (
+        "words to look for; a long description that wraps onto a second line.")
+
+
 def test_numpy_docstring_gives_parameter_descriptions():
     @tool
     def scale(x: float, factor: float) -> float:

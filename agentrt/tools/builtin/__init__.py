@@ -1,0 +1,43 @@
+"""Built-in in-process tools: a safe calculator, file tools bound to root directories, SQLite.
+
+Tools that need a sandbox (python, shell, http_get) are not here: they run through
+``agentrt.sandbox``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from agentrt.tools import Tool
+from agentrt.tools.builtin._calculator import calculator, evaluate, normalize_expression
+from agentrt.tools.builtin._files import file_tools
+from agentrt.tools.builtin._sqlite import describe_schema, sqlite_schema_tool, sqlite_tool, sqlite_tools
+
+__all__ = [
+    "builtin_tools",
+    "calculator",
+    "describe_schema",
+    "evaluate",
+    "file_tools",
+    "normalize_expression",
+    "sqlite_schema_tool",
+    "sqlite_tool",
+    "sqlite_tools",
+]
+
+
+def builtin_tools(roots: Iterable[str | os.PathLike[str]] | None = None,
+                  db: str | os.PathLike[str] | None = None) -> list[Tool]:
+    """The built-in tools: ``calculator``; with ``roots``, ``read_file``, ``list_dir`` and ``grep``
+    restricted to them; with ``db``, read-only ``sqlite_query`` and ``sqlite_schema`` on it.
+
+    Raises:
+        ToolError: a root is not a directory, or the database does not exist.
+    """
+    tools = [calculator]
+    if roots is not None:
+        tools += file_tools(roots)
+    if db is not None:
+        tools += sqlite_tools(db)
+    return tools
