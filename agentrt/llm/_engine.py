@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 _STOP_GRACE = 10.0  # seconds between SIGTERM and SIGKILL
 _LOG_TAIL_LINES = 40
+_PRIVATE_LOG_TTL = 7 * 86400.0  # seconds a leftover private engine log is kept
 _WARMUP_TIMEOUT = 120.0  # seconds; the first generation after load can be 5-15x slower
 
 
@@ -414,6 +415,12 @@ class LocalEngine:
             return data_dir / "engine.log"
         logs = data_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
+        # A private engine's log is removed at stop; one whose owner was killed stays behind.
+        cutoff = time.time() - _PRIVATE_LOG_TTL
+        for old in logs.glob("engine-*.log"):
+            with contextlib.suppress(OSError):
+                if old.stat().st_mtime < cutoff:
+                    old.unlink()
         fd, name = tempfile.mkstemp(dir=logs, prefix="engine-", suffix=".log")
         os.close(fd)
         self._private_log = True
