@@ -290,11 +290,16 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     """Run the benchmark; ``config`` overrides `DEFAULTS` (values may be JSON strings).
 
     Returns:
-        ``{"bench", "config", "systems", "ratios", "targets"}`` as in DESIGN.md's result format
-        (the caller adds commit, when and machine).
+        ``{"bench", "config", "systems", "ratios", "targets", "notes", "machine"}`` as in DESIGN.md's
+        result format; the caller adds commit and when, and merges its machine facts into
+        ``machine`` (which here holds only the load average before and after).
     """
     progress = config.get("progress") or (lambda msg: None)
-    return anyio.run(_bench, _config(config), progress)
+    load_before = os.getloadavg()[0]
+    result = anyio.run(_bench, _config(config), progress)
+    # other work on the machine shows in every number here: keep its load with the results
+    result["machine"] = {"loadavg_1m_before": round(load_before, 2), "loadavg_1m_after": round(os.getloadavg()[0], 2)}
+    return result
 
 
 def _machine() -> dict[str, Any]:
@@ -313,7 +318,8 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True).stdout.strip()
     out = {"bench": result["bench"], "commit": commit or None,
            "when": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-           "machine": _machine(), **{k: v for k, v in result.items() if k != "bench"}}
+           "machine": {**_machine(), **result["machine"]},
+           **{k: v for k, v in result.items() if k not in ("bench", "machine")}}
     path = root / "results" / "scheduler.json"
     path.parent.mkdir(exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")

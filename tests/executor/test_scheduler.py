@@ -512,3 +512,11 @@ async def test_cancelling_a_session_with_idle_workers_and_waiting_tasks_ends_cle
             await s.wait()  # never closed: only the timeout ends this
     assert scope.cancelled_caught
     assert 3 not in s.results
+
+
+def test_a_scheduler_is_reusable_across_event_loops() -> None:  # as Agent.run_sync would use it
+    sched = Scheduler(registry(), max_concurrency=2)  # its limiter outlives each loop
+    for _ in range(3):
+        results = anyio.run(sched.run, [Task(id=i, tool="sleep", args={"seconds": 0.01, "tag": str(i)})
+                                        for i in range(1, 6)])
+        assert [results[i].value for i in range(1, 6)] == ["1", "2", "3", "4", "5"]
