@@ -34,10 +34,11 @@ from pathlib import Path
 from typing import NamedTuple
 
 from agentrt.config import get_settings
+from agentrt.planner import PlanExample
 from agentrt.tools import Limits, Tool, tool
 from agentrt.tools.builtin import calculator, sqlite_tool
 
-__all__ = ["TOOLS", "build_database", "database_path", "tools"]
+__all__ = ["PLAN_EXAMPLES", "TOOLS", "build_database", "database_path", "tools"]
 
 log = logging.getLogger(__name__)
 
@@ -370,3 +371,17 @@ if __name__ == "__main__":
     for question_tool, arg in ((package_version, "pydantic"), (package_size_kb, "networkx"),
                                (package_file_count, "anyio"), (stdlib_module_lines, "json.decoder")):
         print(f"{question_tool.name}({arg!r}) = {json.dumps(question_tool.fn(arg))}")
+
+
+#: One worked example for the planner prompt: independent lookups first, arithmetic last.
+PLAN_EXAMPLES = [
+    PlanExample(
+        question="How many more files does the rich package have than the typer package?",
+        plan=(
+            '1. package_file_count(name="rich")\n'
+            '2. package_file_count(name="typer")\n'
+            '3. calculator(expression="$1 - $2")\n'
+            "4. join()"
+        ),
+    )
+]

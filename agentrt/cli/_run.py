@@ -18,8 +18,16 @@ from rich.text import Text
 
 from agentrt.cli._app import app
 from agentrt.errors import AgentrtError
+from agentrt.planner import PlanExample
 
 console = Console(stderr=False)
+
+#: The worked example given to the planner with the built-in tools.
+BUILTIN_EXAMPLE = PlanExample(
+    question="What is 12 times 7, plus 15% of 300?",
+    plan='1. calculator(expression="12 * 7")\n2. calculator(expression="300 * 0.15")\n'
+         '3. calculator(expression="$1 + $2")\n4. join()',
+)
 
 
 def load_tools_file(path: Path) -> tuple[list[Any], list[Any]]:
@@ -91,6 +99,18 @@ class LiveView:
         return Group(table, *[Text.from_markup(n) for n in self.notes[-6:]])
 
 
+def _first_agentrt_error(exc: BaseException) -> AgentrtError | None:
+    """The runtime error inside ``exc`` (task groups wrap errors in exception groups)."""
+    if isinstance(exc, AgentrtError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first_agentrt_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
 @app.command()
 def run(
     question: str = typer.Argument(..., help="The question to answer."),
@@ -104,12 +124,12 @@ def run(
     """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results."""
     from agentrt import Agent
     from agentrt.config import get_settings
-    from agentrt.tools.builtin import builtin_examples, builtin_tools
+    from agentrt.tools.builtin import builtin_tools
 
     if tools_from is not None:
         tools, examples = load_tools_file(tools_from)
     else:
-        tools, examples = builtin_tools(roots=[Path.cwd()]), builtin_examples()
+        tools, examples = builtin_tools(roots=[Path.cwd()]), [BUILTIN_EXAMPLE]
     if tool_names:
         wanted = set(tool_names)
         unknown = wanted - {t.name for t in tools}
@@ -145,8 +165,11 @@ def run(
 
     try:
         result = anyio.run(go)
-    except AgentrtError as exc:
-        console.print(f"[red]error:[/] {exc}")
+    except (AgentrtError, BaseExceptionGroup) as exc:
+        err = _first_agentrt_error(exc)
+        if err is None:
+            raise
+        console.print(f"[red]error:[/] {type(err).__name__}: {err}")
         raise typer.Exit(1) from None
     if as_json:
         out = {
