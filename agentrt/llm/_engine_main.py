@@ -27,12 +27,10 @@ import os
 import select
 import signal
 import sys
-import threading
 import time
 
 log = logging.getLogger("agentrt.llm.engine_main")
 
-_SHUTDOWN_GRACE = 2.0  # seconds the orderly shutdown may take before the process just exits
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -116,24 +114,12 @@ def main(argv: list[str] | None = None) -> int:
             if os.read(sys.stdin.fileno(), 4096) == b"":
                 reason = "parent exited (stdin closed)"
     log.info("stopping: %s", reason)
-    t1 = time.perf_counter()
-    # llama.cpp's orderly shutdown waits for in-flight generations and HTTP connections, which
-    # can take as long as the longest request; past a short grace the kernel's cleanup at exit
-    # is just as good (clients see the connection close either way).
-    watchdog = threading.Timer(_SHUTDOWN_GRACE, _exit_now, args=(t1,))
-    watchdog.daemon = True
-    watchdog.start()
-    del server  # terminates the main loop and joins llama.cpp's threads
-    log.info("stopped in %.2f s", time.perf_counter() - t1)
     logging.shutdown()
-    # Skip interpreter teardown of the extension module; everything is released already.
-    os._exit(0)
-
-
-def _exit_now(t1: float) -> None:
-    log.warning("orderly shutdown still running after %.1f s (requests in flight); exiting now",
-                time.perf_counter() - t1)
-    logging.shutdown()
+    # Exit without llama.cpp's orderly shutdown: it holds the GIL while it waits for in-flight
+    # generations and HTTP connections (seconds under load), and it persists nothing. The
+    # kernel frees the memory and closes the listening socket at once; clients of in-flight
+    # requests see the connection close, as they would anyway. (`server` stays referenced until
+    # here: freeing it would run that orderly shutdown.)
     os._exit(0)
 
 
