@@ -188,6 +188,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
                 registry, tool_usage = make_tools(facts, model, rng)
                 if name == "agentrt":
                     runner: Any = LLMCompiler(model, registry, examples=[EXAMPLE])
+                elif name == "agentrt_json":
+                    runner = LLMCompiler(model, registry, examples=[EXAMPLE], plan_format="json")
                 elif name == "llmcompiler_faithful":
                     runner = FaithfulLLMCompiler(model, registry, examples=[EXAMPLE])
                 elif name == "react":

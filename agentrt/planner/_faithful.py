@@ -14,9 +14,9 @@ import time
 import anyio
 
 from agentrt.executor import Task, resolve_refs
-from agentrt.planner._compiler import _STOPPED_AT_JOIN, END_OF_PLAN, JOIN_STOP, CompilerResult, LLMCompiler
+from agentrt.planner._compiler import _STOPPED_AT_JOIN, JOIN_STOP, CompilerResult, LLMCompiler
 from agentrt.planner._events import PlanIssueSeen, TaskAdded
-from agentrt.planner._parser import PlanEnd, PlanIssue, TaskParsed, TextPlanParser
+from agentrt.planner._parser import PlanEnd, PlanIssue, TaskParsed
 from agentrt.planner._validate import PlanValidator
 from agentrt.tools import ToolResult
 
@@ -36,7 +36,7 @@ class FaithfulLLMCompiler(LLMCompiler):
 
     async def _plan_and_execute(self, question: str, context: str | None, feedback: str | None,
                                 res: CompilerResult) -> None:
-        parser = TextPlanParser(self.registry)
+        parser = self._new_parser()
         validator = PlanValidator(self.registry, known_ids=set(res.tasks))
         msgs = self._planner_messages(question, context, feedback, res)
         pending: dict[int, Task] = {}
@@ -46,17 +46,14 @@ class FaithfulLLMCompiler(LLMCompiler):
 
         def handle(events: list) -> bool:
             for ev in events:
+                ev = validator.process(ev)
                 if isinstance(ev, TaskParsed):
-                    checked = validator.check(ev.task)
-                    if isinstance(checked, PlanIssue):
-                        res.issues.append(checked)
-                        self._emit(PlanIssueSeen(issue=checked))
-                        continue
-                    res.tasks[checked.id] = checked
-                    pending[checked.id] = checked
-                    self._emit(TaskAdded(task=checked))
+                    res.tasks[ev.task.id] = ev.task
+                    pending[ev.task.id] = ev.task
+                    self._emit(TaskAdded(task=ev.task))
                 elif isinstance(ev, PlanIssue):
                     res.issues.append(ev)
+                    self._emit(PlanIssueSeen(issue=ev))
                 elif isinstance(ev, PlanEnd):
                     return True
             return False
@@ -85,8 +82,7 @@ class FaithfulLLMCompiler(LLMCompiler):
                 await anyio.sleep(POLL_INTERVAL)
 
         async def plan() -> None:
-            stream = await self.model.complete(msgs, stream=True, max_tokens=self.plan_max_tokens,
-                                               stop=[JOIN_STOP, END_OF_PLAN])
+            stream = await self._plan_stream(msgs)
             buf, ended, text = "", False, []
             async for delta in stream:  # type: ignore[union-attr]
                 if delta.done and delta.completion is not None:

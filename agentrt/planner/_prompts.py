@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from agentrt.tools import Tool
 
-__all__ = ["PlanExample", "render_tool", "planner_system_prompt", "joiner_system_prompt", "END_OF_PLAN"]
+__all__ = ["END_OF_PLAN", "PlanExample", "joiner_system_prompt", "planner_system_prompt", "render_tool"]
 
 END_OF_PLAN = "<END_OF_PLAN>"
 
@@ -65,17 +65,53 @@ N. tool(arg=value, ...)
 Then stop. Do not answer the question yourself."""
 
 
-def planner_system_prompt(tools: Iterable[Tool], examples: Sequence[PlanExample], first_id: int = 1) -> str:
-    """The planner's system prompt (text plan format).
+_PLANNER_RULES_JSON = """\
+You write a plan of tool calls that answers the user's question, as JSON:
+{{"tasks": [{{"id": N, "tool": "...", "args": {{...}}}}, ...]}}
+- ids count up from 1. Write "$K" as an argument value to use the result of task K (K < N).
+- Calls that do not need each other's results run in parallel, so make them separate tasks.
+- Use only these tools:
+{tools}
+Do not answer the question yourself."""
+
+
+def _example_as_json(example: PlanExample) -> str:
+    from agentrt.planner._parser import parse_plan
+
+    tasks = [
+        {"id": ev.task.id, "tool": ev.task.tool, "args": _refs_as_strings(ev.task.args)}
+        for ev in parse_plan(example.plan) if type(ev).__name__ == "TaskParsed"
+    ]
+    return json.dumps({"tasks": tasks}, ensure_ascii=False)
+
+
+def _refs_as_strings(value: Any) -> Any:
+    from agentrt.executor import Ref
+
+    if isinstance(value, Ref):
+        return f"${value.task}"
+    if isinstance(value, dict):
+        return {k: _refs_as_strings(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_refs_as_strings(v) for v in value]
+    return value
+
+
+def planner_system_prompt(tools: Iterable[Tool], examples: Sequence[PlanExample],
+                          plan_format: str = "text") -> str:
+    """The planner's system prompt, for the ``"text"`` or the ``"json"`` plan format.
 
     The tool list and examples come first and never change within a session, so the prompt
-    prefix is identical across calls and the engine's prompt cache reuses it.
+    prefix is identical across calls and the engine's prompt cache reuses it. Examples are
+    written in the text format and converted for the JSON one.
     """
     tool_text = "\n".join(render_tool(t) for t in tools)
-    rules = _PLANNER_RULES.format(tools=tool_text, first_id="1", join_id="the next number")
-    parts = [rules]
-    for ex in examples:
-        parts.append(f"Example question: {ex.question}\n{ex.plan.strip()}")
+    if plan_format == "json":
+        parts = [_PLANNER_RULES_JSON.format(tools=tool_text)]
+        parts += [f"Example question: {ex.question}\n{_example_as_json(ex)}" for ex in examples]
+    else:
+        parts = [_PLANNER_RULES.format(tools=tool_text, first_id="1", join_id="the next number")]
+        parts += [f"Example question: {ex.question}\n{ex.plan.strip()}" for ex in examples]
     return "\n\n".join(parts)
 
 

@@ -257,3 +257,29 @@ def test_plan_example_renders_in_prompt() -> None:
     ex = PlanExample(question="Q?", plan='1. search(query="x")\n2. join()')
     text = planner_system_prompt(reg, [ex])
     assert "db.count(table: string)" in text and "Example question: Q?" in text
+
+
+async def test_json_plan_format_dispatches_each_task_when_its_object_closes() -> None:
+    plan = ['{"tasks": [{"id": 1, "tool": "search", "args": {"query": "a"}}', ", ",
+            '{"id": 2, "tool": "search", "args": {"query": "b"}}, ',
+            '{"id": 3, "tool": "add", "args": {"a": 1, "b": 2}}]}']
+    model = ScriptedModel([plan], [{"thought": "ok", "action": "answer", "answer": "done"}], chunk_delay=0.2)
+    started: dict[int, float] = {}
+
+    def on_event(ev: Any) -> None:
+        if isinstance(ev, TaskStarted):
+            started[ev.task.id] = time.perf_counter()
+
+    compiler = LLMCompiler(model, make_registry([]), on_event=on_event, plan_format="json")
+    assert '"tasks"' in compiler._system
+    res = await compiler.run("q")
+    assert started[1] < model.stream_done_at[0] - 0.3
+    assert sorted(res.results) == [1, 2, 3] and res.results[3].value == 3
+
+
+def test_json_prompt_converts_text_examples() -> None:
+    from agentrt.planner._prompts import planner_system_prompt
+
+    ex = PlanExample(question="Q?", plan='1. search(query="x")\n2. add(a=$1, b=2)\n3. join()')
+    text = planner_system_prompt(make_registry([]), [ex], "json")
+    assert '{"id": 2, "tool": "add", "args": {"a": "$1", "b": 2}}' in text
