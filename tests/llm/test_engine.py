@@ -328,3 +328,11 @@ async def test_engine_that_cannot_load_reports_its_log_tail(
     message = str(info.value)
     assert "exited with status" in message and "engine log" in message
     assert not engine.running
+
+
+@pytest.mark.model
+@needs_model
+def test_the_real_assembled_model_has_the_published_sha256() -> None:
+    path = ensure_model(get_settings())
+    assert path.stat().st_size == _model.MODEL_SIZE == 1_117_320_768
+    assert verify_model(path, full=True)  # re-hashes the 1.1 GB file (about 1 s)
