@@ -14,7 +14,8 @@ Use it from the command line::
     agentrt run --tools-from examples/local_tools.py \\
         "What is the combined size in KB of the pydantic and networkx packages?"
 
-or from Python: ``from local_tools import tools`` (this file defines ``TOOLS`` and ``tools()``).
+or from Python: ``from local_tools import tools``. The file defines ``TOOLS``, ``tools()`` and
+``PLAN_EXAMPLES`` (a worked plan for the planner prompt).
 """
 
 from __future__ import annotations
@@ -260,6 +261,9 @@ def _find_package(name: str) -> sqlite3.Row:
     if best is not None:
         log.debug("package %r taken as %r", name, best)
         return cat.packages[best]
+    if cleaned in cat.modules:
+        raise ValueError(f"{cleaned!r} is a standard library module, not an installed package; "
+                         "use stdlib_module_lines for modules")
     hint = f"close names: {', '.join(cat.packages[n]['name'] for n in near)}" if near else (
         f"{len(cat.packages)} packages are installed; list them with sqlite_query")
     raise ValueError(f"no installed Python package named {name!r}; {hint}")
@@ -277,6 +281,9 @@ def _find_module(module: str) -> sqlite3.Row:
     if best is not None:
         log.debug("module %r taken as %r", module, best)
         return cat.modules[best]
+    if _normalize_package(key) in cat.packages:
+        raise ValueError(f"{key!r} is an installed package, not a standard library module; "
+                         "use package_file_count or package_size_kb for packages")
     hint = f"close names: {', '.join(near)}" if near else "try a name like 'json.decoder'"
     raise ValueError(f"no standard library module named {module!r}; {hint}")
 
@@ -307,7 +314,7 @@ def package_size_kb(name: str) -> float:
 
 @tool(**_OPTS)
 def package_file_count(name: str) -> int:
-    """Return the number of files an installed Python package consists of.
+    """Return how many files an installed Python package has.
 
     Args:
         name: the package's name, e.g. "anyio".
@@ -317,7 +324,7 @@ def package_file_count(name: str) -> int:
 
 @tool(**_OPTS)
 def stdlib_module_lines(module: str) -> int:
-    """Return the number of lines of source code of a Python standard library module.
+    """Return the number of source lines of a Python standard library module (not of a package).
 
     Args:
         module: the dotted module name, e.g. "json.decoder"; a package counts its __init__.py.
@@ -365,14 +372,6 @@ def tools() -> list[Tool]:
     return list(TOOLS)
 
 
-if __name__ == "__main__":
-    import json
-
-    for question_tool, arg in ((package_version, "pydantic"), (package_size_kb, "networkx"),
-                               (package_file_count, "anyio"), (stdlib_module_lines, "json.decoder")):
-        print(f"{question_tool.name}({arg!r}) = {json.dumps(question_tool.fn(arg))}")
-
-
 #: One worked example for the planner prompt: independent lookups first, arithmetic last.
 PLAN_EXAMPLES = [
     PlanExample(
@@ -385,3 +384,12 @@ PLAN_EXAMPLES = [
         ),
     )
 ]
+
+
+if __name__ == "__main__":
+    import json
+
+    for question_tool, arg in ((package_version, "pydantic"), (package_size_kb, "networkx"),
+                               (package_file_count, "anyio"), (stdlib_module_lines, "json.decoder")):
+        print(f"{question_tool.name}({arg!r}) = {json.dumps(question_tool.fn(arg))}")
+

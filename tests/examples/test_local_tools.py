@@ -4,6 +4,7 @@ dependencies) and standard library modules."""
 
 import importlib.util
 import json.decoder
+import re
 import sqlite3
 import sys
 from importlib import metadata
@@ -50,6 +51,14 @@ def test_module_exports_its_tools_for_the_loader(example):
     assert len(ToolRegistry(example.tools())) == 6
     for t in example.TOOLS:
         assert t.description and "\n" not in t.description and len(t.description) < 240
+
+
+def test_plan_examples_call_only_the_example_tools(example):
+    names = {t.name for t in example.TOOLS} | {"join"}
+    for ex in example.PLAN_EXAMPLES:
+        called = re.findall(r"^\d+\. (\w+)\(", ex.plan, flags=re.MULTILINE)
+        assert called and set(called) <= names
+        assert called[-1] == "join"
 
 
 def test_the_database_is_built_under_the_data_dir_with_real_rows(example):
@@ -114,6 +123,11 @@ def test_unknown_names_fail_with_close_names(example):
         example.package_version.fn("pydantic-extra")
     with pytest.raises(ValueError, match="no installed Python package named 'zzqqxx'"):
         example.package_version.fn("zzqqxx")
+    with pytest.raises(ValueError, match="installed package, not a standard library module; "
+                                         "use package_file_count"):
+        example.stdlib_module_lines.fn("networkx")
+    with pytest.raises(ValueError, match="standard library module, not an installed package"):
+        example.package_file_count.fn("json")
     # equally close to json.decoder and json.encoder: no guess, both suggested
     with pytest.raises(ValueError, match=r"close names: .*json\.(de|en)coder.*json\.(de|en)coder"):
         example.stdlib_module_lines.fn("json.coder")
