@@ -43,6 +43,16 @@ EXAMPLE = PlanExample(
     ),
 )
 
+REACT_EXAMPLE = """\
+Question: If the Nile were 10% longer and the Danube 5% shorter, what would be their combined length in km?
+{"thought": "I need the Nile's length.", "action": "search", "args": {"query": "Nile"}, "answer": ""}
+Observation: The Nile ... runs about 6,650 km ...
+{"thought": "I need the Danube's length.", "action": "search", "args": {"query": "Danube"}, "answer": ""}
+Observation: The Danube ... is 2,850 km long ...
+{"thought": "Now compute.", "action": "math", "args": {"problem": "6650 * 1.1 + 2850 * 0.95", "context": []}, "answer": ""}
+Observation: 10022.5
+{"thought": "Done.", "action": "finish", "args": {}, "answer": "10022.5 km"}"""
+
 _MATH_SYSTEM = (
     "Write one arithmetic expression that computes the problem, using the numbers stated in the context "
     "(copy them exactly, without units or thousands separators). Use + - * / ( ) and max, min, abs, round, "
@@ -154,6 +164,24 @@ def score(answer: str, gold: str, question: dict[str, Any], facts: dict[str, Any
     return abs(got - want) <= 0.10 * abs(want) if want else abs(got) < 1e-9
 
 
+class _Namespaced:
+    """Prefixes the system message with the system's name, so each system under test keeps its
+    own prompt-cache entries: a later system must not be served the cache of an identical prompt
+    an earlier one just sent for the same question, while each still reuses its own static prefix
+    across questions, as it would in production."""
+
+    def __init__(self, model: ChatModel, name: str) -> None:
+        self.model, self.model_name, self.tag = model, model.model_name, f"[{name}]\n"
+
+    async def complete(self, messages: Any, **kw: Any) -> Any:
+        msgs = [m if isinstance(m, Message) else Message(**m) for m in messages]
+        if msgs and msgs[0].role == "system":
+            msgs[0] = msgs[0].model_copy(update={"content": self.tag + (msgs[0].content or "")})
+        else:
+            msgs.insert(0, Message(role="system", content=self.tag))
+        return await self.model.complete(msgs, **kw)
+
+
 def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -173,7 +201,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
     facts = json.loads((data / "facts.json").read_text())
     limit = int(config.get("limit") or len(questions))
     questions = questions[:limit]
-    systems = [s for s in str(config.get("systems", "agentrt,llmcompiler_faithful,react")).split(",") if s]
+    systems = [s for s in str(config.get("systems", "agentrt,agentrt_json,llmcompiler_faithful,react")).split(",")
+               if s]
     settings = get_settings()
     per: dict[str, list[dict[str, Any]]] = {s: [] for s in systems}
     base_url, engine = await resolve_endpoint(settings)
@@ -185,15 +214,16 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
             order = systems[qi % len(systems):] + systems[: qi % len(systems)]
             for name in order:
                 rng = random.Random(f"{q['id']}")  # same latencies for every system
-                registry, tool_usage = make_tools(facts, model, rng)
+                ns_model = _Namespaced(model, name)
+                registry, tool_usage = make_tools(facts, ns_model, rng)
                 if name == "agentrt":
-                    runner: Any = LLMCompiler(model, registry, examples=[EXAMPLE])
+                    runner: Any = LLMCompiler(ns_model, registry, examples=[EXAMPLE])
                 elif name == "agentrt_json":
-                    runner = LLMCompiler(model, registry, examples=[EXAMPLE], plan_format="json")
+                    runner = LLMCompiler(ns_model, registry, examples=[EXAMPLE], plan_format="json")
                 elif name == "llmcompiler_faithful":
-                    runner = FaithfulLLMCompiler(model, registry, examples=[EXAMPLE])
+                    runner = FaithfulLLMCompiler(ns_model, registry, examples=[EXAMPLE])
                 elif name == "react":
-                    runner = ReAct(model, registry)
+                    runner = ReAct(ns_model, registry, example=REACT_EXAMPLE)
                 else:
                     raise ValueError(f"unknown system {name!r}")
                 t0 = time.perf_counter()

@@ -130,9 +130,9 @@ def joiner_system_prompt() -> str:
 JOINER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "thought": {"type": "string", "maxLength": 400},
+        "thought": {"type": "string", "maxLength": 200},
         "action": {"type": "string", "enum": ["answer", "replan"]},
-        "answer": {"type": "string", "maxLength": 400},
+        "answer": {"type": "string", "maxLength": 300},
     },
     "required": ["thought", "action", "answer"],
     "additionalProperties": False,

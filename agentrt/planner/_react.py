@@ -12,10 +12,10 @@ import json
 import time
 from typing import Any
 
-from agentrt.executor import Task, critical_path
+from agentrt.executor import Task
 from agentrt.llm import ChatModel, Message
 from agentrt.planner._compiler import CompilerResult
-from agentrt.planner._prompts import PlanExample, render_tool
+from agentrt.planner._prompts import render_tool
 from agentrt.tools import ToolRegistry, ToolResult
 
 __all__ = ["ReAct"]
@@ -25,23 +25,27 @@ You answer the user's question by calling tools, one call per turn. Tools:
 {tools}
 Each turn, reply with JSON only: {{"thought": "...", "action": TOOL_NAME or "finish", "args": {{...}}, "answer": "..."}}.
 After each call you see its result. When you can answer, use action "finish" and put a short, \
-direct answer in "answer" (a name, a number with its unit, or yes/no)."""
+direct answer in "answer" (a name, a number with its unit, or yes/no).{example}"""
 
 
 class ReAct:
-    """The ReAct loop. ``max_steps`` bounds the number of tool calls."""
+    """The ReAct loop. ``max_steps`` bounds the number of tool calls; ``example`` is a worked
+    transcript (turns and observations) for the system prompt, as the planner gets one."""
 
     def __init__(self, model: ChatModel, registry: ToolRegistry, *, max_steps: int = 8,
-                 examples: list[PlanExample] | None = None, max_tokens: int = 200) -> None:
+                 example: str | None = None, max_tokens: int = 200) -> None:
         self.model = model
         self.registry = registry
         self.max_steps = max_steps
         self.max_tokens = max_tokens
-        self._system = _SYSTEM.format(tools="\n".join(render_tool(t) for t in registry))
+        self._system = _SYSTEM.format(
+            tools="\n".join(render_tool(t) for t in registry),
+            example=f"\n\nExample:\n{example.strip()}" if example else "",
+        )
         self._schema = {
             "type": "object",
             "properties": {
-                "thought": {"type": "string", "maxLength": 300},
+                "thought": {"type": "string", "maxLength": 200},
                 "action": {"type": "string", "enum": [*registry.names, "finish"]},
                 "args": {"type": "object"},
                 "answer": {"type": "string", "maxLength": 300},
@@ -75,7 +79,10 @@ class ReAct:
                 if action != "finish":
                     res.partial, res.reason = True, f"no answer after {self.max_steps} tool calls"
                 break
-            task = Task(id=len(res.tasks) + 1, tool=action, args=args if isinstance(args, dict) else {})
+            # ReAct has no references: "$1" in its arguments is just text, never a dependency
+            task = Task.model_construct(id=len(res.tasks) + 1, tool=action,
+                                        args=args if isinstance(args, dict) else {}, deps=frozenset(),
+                                        thought=None)
             res.tasks[task.id] = task
             if res.first_dispatch_seconds is None:
                 res.first_dispatch_seconds = time.perf_counter() - t0
@@ -83,5 +90,6 @@ class ReAct:
             res.results[task.id] = result
             msgs.append(Message(role="user", content=f"Observation: {result.describe(700)}"))
         res.wall_seconds = time.perf_counter() - t0
-        res.critical_path = critical_path(res.tasks, res.results)
+        # one call after another: the critical path is every call
+        res.critical_path = (sorted(res.tasks), sum(r.usage.wall_seconds for r in res.results.values()))
         return res
