@@ -54,3 +54,32 @@ def local_engine():
     anyio.run(engine.start)
     yield engine
     anyio.run(engine.stop)
+
+
+
+_model_tests = {"ran": 0, "skipped": 0}
+
+
+def pytest_runtest_logreport(report) -> None:
+    if "model" not in report.keywords:
+        return
+    if report.skipped:
+        _model_tests["skipped"] += 1
+    elif report.when == "call":
+        _model_tests["ran"] += 1
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:  # noqa: ARG001
+    """Fail the run when the local model is installed but every `model` test was skipped.
+
+    Skipping with a reason is right where the model is missing; where it is installed, a run in
+    which no model test ran proves nothing about the real model, so it must not pass silently.
+    """
+    if session.config.getoption("-m") or _model_tests["ran"] or not _model_tests["skipped"]:
+        return
+    if local_model_missing() is None:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line(f"ERROR: the local model is installed but all {_model_tests['skipped']} "
+                                "model tests were skipped", red=True)
+        session.exitstatus = 1
