@@ -29,7 +29,7 @@ import anyio
 
 from agentrt.llm import ChatModel, Message
 from agentrt.planner import PlanExample
-from agentrt.tools import Tool, ToolRegistry, tool
+from agentrt.tools import ToolRegistry, tool
 
 log = logging.getLogger(__name__)
 

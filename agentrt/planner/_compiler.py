@@ -185,6 +185,27 @@ class LLMCompiler:
         res.critical_path = critical_path(res.tasks, res.results)
         return res
 
+    def _event_handler(self, res: CompilerResult, validator: PlanValidator,
+                       dispatch: Callable[[Task], None]) -> Callable[[list[Any]], bool]:
+        """A function taking parser events: it validates each, records tasks and issues in
+        ``res``, hands valid tasks to ``dispatch``, and returns True once the plan has ended."""
+
+        def handle(events: list[Any]) -> bool:
+            for ev in events:
+                ev = validator.process(ev)
+                if isinstance(ev, TaskParsed):
+                    res.tasks[ev.task.id] = ev.task
+                    self._emit(TaskAdded(task=ev.task))
+                    dispatch(ev.task)
+                elif isinstance(ev, PlanIssue):
+                    res.issues.append(ev)
+                    self._emit(PlanIssueSeen(issue=ev))
+                elif isinstance(ev, PlanEnd):
+                    return True
+            return False
+
+        return handle
+
     def _new_parser(self) -> TextPlanParser | JsonPlanParser:
         if self.plan_format == "json":
             return JsonPlanParser(self.registry)
@@ -223,19 +244,7 @@ class LLMCompiler:
         validator = PlanValidator(self.registry, known_ids=set(res.tasks))
         msgs = self._planner_messages(question, context, feedback, res)
         async with self.scheduler.session(results=dict(res.results)) as session:
-            def handle(events: list[Any]) -> bool:
-                for ev in events:
-                    ev = validator.process(ev)
-                    if isinstance(ev, TaskParsed):
-                        res.tasks[ev.task.id] = ev.task
-                        self._emit(TaskAdded(task=ev.task))
-                        session.add(ev.task)
-                    elif isinstance(ev, PlanIssue):
-                        res.issues.append(ev)
-                        self._emit(PlanIssueSeen(issue=ev))
-                    elif isinstance(ev, PlanEnd):
-                        return True
-                return False
+            handle = self._event_handler(res, validator, session.add)
 
             # Stop at join(): the server then ends the stream at once (exact usage, slot freed)
             # instead of letting a small model go on to answer the question itself.

@@ -15,8 +15,6 @@ import anyio
 
 from agentrt.executor import Task, resolve_refs
 from agentrt.planner._compiler import _STOPPED_AT_JOIN, JOIN_STOP, CompilerResult, LLMCompiler
-from agentrt.planner._events import PlanIssueSeen, TaskAdded
-from agentrt.planner._parser import PlanEnd, PlanIssue, TaskParsed
 from agentrt.planner._validate import PlanValidator
 from agentrt.tools import ToolResult
 
@@ -44,19 +42,7 @@ class FaithfulLLMCompiler(LLMCompiler):
         plan_done = anyio.Event()
         results = res.results
 
-        def handle(events: list) -> bool:
-            for ev in events:
-                ev = validator.process(ev)
-                if isinstance(ev, TaskParsed):
-                    res.tasks[ev.task.id] = ev.task
-                    pending[ev.task.id] = ev.task
-                    self._emit(TaskAdded(task=ev.task))
-                elif isinstance(ev, PlanIssue):
-                    res.issues.append(ev)
-                    self._emit(PlanIssueSeen(issue=ev))
-                elif isinstance(ev, PlanEnd):
-                    return True
-            return False
+        handle = self._event_handler(res, validator, lambda task: pending.__setitem__(task.id, task))
 
         async def run_task(task: Task) -> None:
             try:
