@@ -204,7 +204,10 @@ def check_kernel_headers() -> Check:
     if build.exists():
         return Check("kernel headers", OK, f"{build}")
     return Check("kernel headers", MISSING, f"{build} is absent (BCC needs it to compile probes)",
-                 f"apt-get install -y linux-headers-{release}   (or use a kernel with BTF + libbpf tools)")
+                 # Debian rarely ships headers for the running (often custom) kernel; its generic
+                 # headers compile BCC's tracepoint and cgroup programs once linked in place.
+                 "apt-get install -y linux-headers-amd64 && ln -sfn $(ls -d /usr/src/linux-headers-*-amd64 "
+                 f"| tail -1) {build}")
 
 
 def _socket_answers(path: str) -> bool:
