@@ -62,9 +62,13 @@ def bench(
         key, _, value = kv.partition("=")
         config[key] = value
     commit, when = _commit(), _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    load_before = os.getloadavg()
     result = module.run(config)
+    # other work on a shared 2-core machine skews absolute numbers; record how busy it was
+    load = {"loadavg_1_5_15_before": [round(x, 2) for x in load_before],
+            "loadavg_1_5_15_after": [round(x, 2) for x in os.getloadavg()]}
     result = {"bench": result.get("bench", name), "commit": commit, "when": when,
-              "machine": {**_machine(), **result.pop("machine", {})}, **result}
+              "machine": {**_machine(), **load, **result.pop("machine", {})}, **result}
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{name}{suffix}.json"
     path.write_text(json.dumps(result, indent=2, default=str) + "\n")
