@@ -55,7 +55,8 @@ class Settings(BaseSettings):
         base_url: OpenAI-compatible endpoint (``.../v1``); ``None`` means the embedded local engine.
         api_key: bearer key for ``base_url``; not needed for the local engine.
         model: model name sent to the endpoint.
-        request_timeout: seconds without progress before a model call fails (per read).
+        request_timeout: seconds without progress before a model call fails (per read; a
+            call that is not streamed shows no progress until it ends).
         max_retries: retries on 429, 5xx and connection errors, with exponential backoff.
         engine: local engine settings.
         default_memory, default_cpu, default_pids, default_timeout: the default resource
@@ -70,7 +71,7 @@ class Settings(BaseSettings):
     base_url: str | None = None
     api_key: str | None = None
     model: str = LOCAL_MODEL_NAME
-    request_timeout: float = Field(120.0, gt=0)
+    request_timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0)
     engine: EngineSettings = Field(default_factory=EngineSettings)
     default_memory: int = Field(512 * 1024 * 1024, gt=0)
@@ -116,3 +117,6 @@ def get_settings(**overrides: Any) -> Settings:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
         raise ConfigError(f"invalid agentrt configuration: {exc}") from exc
+    except ValueError as exc:  # a malformed TOML file (tomllib.TOMLDecodeError)
+        path = os.environ.get("AGENTRT_CONFIG", default_data_dir() / "config.toml")
+        raise ConfigError(f"cannot read the configuration file {path}: {exc}") from exc

@@ -13,5 +13,13 @@ app = typer.Typer(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: runtime errors are printed as one line, not a traceback."""
+    from rich.console import Console
+
+    from agentrt.errors import AgentrtError
+
+    try:
+        app()
+    except AgentrtError as exc:
+        Console(stderr=True).print(f"[red]error:[/] {type(exc).__name__}: {exc}", highlight=False)
+        raise SystemExit(1) from None

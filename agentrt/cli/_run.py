@@ -36,19 +36,30 @@ def load_tools_file(path: Path) -> tuple[list[Any], list[Any]]:
     Raises:
         typer.BadParameter: the file is missing or defines no tools.
     """
+    from agentrt.tools import Tool
+
     if not path.is_file():
-        raise typer.BadParameter(f"no such file: {path}")
+        raise typer.BadParameter(f"not a file: {path}")
     spec = importlib.util.spec_from_file_location(f"agentrt_user_tools_{path.stem}", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    tools = getattr(module, "TOOLS", None)
-    if tools is None and callable(getattr(module, "tools", None)):
-        tools = module.tools()
-    if not tools:
+    try:
+        spec.loader.exec_module(module)
+        tools = getattr(module, "TOOLS", None)
+        if tools is None and callable(getattr(module, "tools", None)):
+            tools = module.tools()
+    except Exception as exc:  # the user's file is at fault: say where, not a traceback of ours
+        raise typer.BadParameter(f"cannot load tools from {path}: {type(exc).__name__}: {exc}") from None
+    if tools is None:
         raise typer.BadParameter(f"{path} defines neither TOOLS nor tools()")
-    return list(tools), list(getattr(module, "PLAN_EXAMPLES", []))
+    tools = list(tools)
+    if not tools:
+        raise typer.BadParameter(f"{path} defines no tools (TOOLS is empty)")
+    bad = [repr(t)[:40] for t in tools if not isinstance(t, Tool)]
+    if bad:
+        raise typer.BadParameter(f"{path}: TOOLS must hold Tool objects (made with @tool); got {', '.join(bad)}")
+    return tools, list(getattr(module, "PLAN_EXAMPLES", []))
 
 
 class LiveView:
@@ -96,7 +107,7 @@ class LiveView:
             wall = f"{row['end'] - row['start']:.2f}" if "end" in row and "start" in row else ""
             call = task.render().split(". ", 1)[-1]
             table.add_row(str(tid), call[:70], Text(row["state"], style=colors[row["state"]]), start, wall, preview)
-        return Group(table, *[Text.from_markup(n) for n in self.notes[-6:]])
+        return Group(table, *[Text.from_markup(n) for n in self.notes])
 
 
 def _first_agentrt_error(exc: BaseException) -> AgentrtError | None:
@@ -118,10 +129,15 @@ def run(
     tool_names: list[str] = typer.Option([], "--tools", help="Use only these tools (repeatable)."),
     model: str | None = typer.Option(None, help="Model name at the endpoint."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; default: the local engine."),
-    max_rounds: int = typer.Option(3, help="Plan/join rounds before a partial answer."),
+    max_rounds: int = typer.Option(3, min=1, help="Plan/join rounds before a partial answer."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the live view."),
 ) -> None:
-    """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results."""
+    """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results.
+
+    Exit status: 0 with a full answer, 3 with a partial one, 1 on an error.
+    """
+    if not question.strip():
+        raise typer.BadParameter("the question is empty")
     from agentrt import Agent
     from agentrt.config import get_settings
     from agentrt.tools.builtin import builtin_tools
@@ -182,9 +198,11 @@ def run(
             "rounds": result.rounds, "issues": result.issues, "cost_usd": result.cost_usd,
         }
         console.print_json(json.dumps(out, default=str))
+        if result.partial:
+            raise typer.Exit(3)
         return
     style = "yellow" if result.partial else "bold green"
-    console.print(f"\n[{style}]answer:[/] {result.answer}")
+    console.print(f"\n[{style}]{'partial answer' if result.partial else 'answer'}:[/] {result.answer}")
     if result.partial:
         console.print(f"[yellow]partial:[/] {result.reason}")
     u = result.usage
@@ -196,3 +214,5 @@ def run(
         f"critical path: {' -> '.join(map(str, path)) or '-'} ({path_s:.2f} s of tool time); "
         f"cost: {'0 USD (local model)' if result.cost_usd == 0 else result.cost_usd}[/]"
     )
+    if result.partial:
+        raise typer.Exit(3)

@@ -569,7 +569,8 @@ class OpenAIChatModel:
                                       f"{self.connect_timeout:g} s")) from exc
         except httpx2.TimeoutException as exc:
             raise ModelTimeout(f"{self._url} sent no response within {self.timeout:g} s "
-                               f"({type(exc).__name__})") from exc
+                               f"({type(exc).__name__}); a busy or slow server may need a longer "
+                               "timeout: AGENTRT_REQUEST_TIMEOUT=SECONDS") from exc
         except httpx2.UnsupportedProtocol as exc:
             raise ModelError(f"cannot reach {self._url}: {exc}") from exc
         except httpx2.TransportError as exc:

@@ -75,9 +75,21 @@ def _proc_start_ticks(pid: int) -> int | None:
     except OSError:
         return None
     fields = stat[stat.rindex(")") + 2:].split()
-    if fields[0] == "Z":  # a zombie has exited already
+    if fields[0] == "Z" and _threads(pid) <= 1:  # a zombie whose threads are all gone has exited
         return None
     return int(fields[19])
+
+
+def _threads(pid: int) -> int:
+    """Threads still alive in ``pid`` (0 if gone). A process whose main thread exited shows as a
+    zombie while its other threads (here: llama.cpp's HTTP server, still listening) shut down."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        return 0
+    return 0
 
 
 @dataclass(frozen=True)
@@ -534,6 +546,8 @@ async def resolve_endpoint(settings: Settings) -> tuple[str, LocalEngine | None]
     if state is not None:
         log.debug("using the registered engine at %s (pid %d)", state.base_url, state.pid)
         return state.base_url, None
-    engine = LocalEngine(settings)
+    # a private engine takes any free port: the configured one is for the shared engine
+    # (`agentrt engine start`), and may be held by an engine of another data dir
+    engine = LocalEngine(settings.model_copy(update={"engine": settings.engine.model_copy(update={"port": 0})}))
     await engine.start()
     return engine.base_url, engine

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agentrt.executor import LocalBackend, Scheduler, Task, TaskStarted, critical_path
+from agentrt.executor import LocalBackend, Scheduler, Task, TaskStarted, critical_path, resolve_refs
 from agentrt.llm import ChatModel, Message, Usage
 from agentrt.planner._events import (
     JoinDecision,
@@ -84,11 +84,23 @@ class CompilerResult:
 
 
 def _describe_results(tasks: dict[int, Task], results: dict[int, ToolResult], limit: int = 700) -> str:
+    """Each task and its result, for the joiner and the replanner. A task whose references all
+    resolved is also shown with their values (``calculator(expression="443 - 356")``), which a
+    small model reads far more reliably than ``$1 - $2``."""
+    values = {k: r.value for k, r in results.items() if r.ok}
     lines = []
     for tid in sorted(tasks):
+        task = tasks[tid]
         r = results.get(tid)
         out = r.describe(limit) if r is not None else "(not run)"
-        lines.append(f"{tasks[tid].render()}\n   -> {out}")
+        head = task.render()
+        if task.deps and task.deps <= values.keys():
+            resolved = Task.model_construct(id=task.id, tool=task.tool, deps=frozenset(), thought=None,
+                                            args=resolve_refs(task.args, values))
+            shown = resolved.render().split(". ", 1)[1]
+            if len(shown) <= 300:
+                head += f"  [= {shown}]"
+        lines.append(f"{head}\n   -> {out}")
     return "\n".join(lines)
 
 

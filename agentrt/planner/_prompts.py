@@ -55,13 +55,13 @@ def render_tool(tool: Tool) -> str:
 
 
 _PLANNER_RULES = """\
-You write a plan of tool calls that answers the user's question. Format, one call per line:
-N. tool(arg=value, ...)
-- N counts up from {first_id}. Values are JSON literals. Write $K to use the result of call K (K < N).
+You write a plan of tool calls that answers the user's question. Write one call per line,
+numbered 1, 2, 3, ..., each like: 2. tool_name(arg="text", other=3)
+- Argument values are JSON literals. Write $K to use the result of call K (K < the call's number).
 - Calls that do not need each other's results run in parallel, so make them separate calls.
 - Use only these tools:
 {tools}
-- After the last call write: {join_id}. join()
+- After the last call, write one more numbered line with join(), e.g. 4. join()
 Then stop. Do not answer the question yourself."""
 
 
@@ -110,17 +110,28 @@ def planner_system_prompt(tools: Iterable[Tool], examples: Sequence[PlanExample]
         parts = [_PLANNER_RULES_JSON.format(tools=tool_text)]
         parts += [f"Example question: {ex.question}\n{_example_as_json(ex)}" for ex in examples]
     else:
-        parts = [_PLANNER_RULES.format(tools=tool_text, first_id="1", join_id="the next number")]
+        parts = [_PLANNER_RULES.format(tools=tool_text)]
         parts += [f"Example question: {ex.question}\n{ex.plan.strip()}" for ex in examples]
     return "\n\n".join(parts)
 
 
 JOINER_SYSTEM = """\
-You read the results of tool calls made to answer a question, then decide.
-If the results answer the question, reply with action "answer" and a short, direct answer \
-(a name, a number with its unit, or yes/no, plus at most one sentence).
-If a needed result is missing or an error, reply with action "replan" and say what is missing.
-Reply with JSON only: {"thought": "...", "action": "answer" | "replan", "answer": "..."}"""
+You are given a question and the results of tool calls made to answer it. The last results \
+usually hold the answer: read it from them, do not recompute it.
+Reply with action "answer" and a short, direct answer (a name, or a number with its unit) unless \
+a result needed for the answer is an ERROR or was never computed; only then reply "replan" and \
+say in "thought" which call is missing.
+Reply with JSON only: {"thought": "...", "action": "answer" | "replan", "answer": "..."}
+
+Example question: How much taller is tower A than tower B, in metres?
+Results:
+1. height(name="tower A")
+   -> 330
+2. height(name="tower B")
+   -> 300
+3. calculator(expression="$1 - $2")  [= calculator(expression="330 - 300")]
+   -> 30
+{"thought": "Call 3 subtracted B's height from A's height.", "action": "answer", "answer": "30 m"}"""
 
 
 def joiner_system_prompt() -> str:
@@ -130,7 +141,7 @@ def joiner_system_prompt() -> str:
 JOINER_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
-        "thought": {"type": "string", "maxLength": 200},
+        "thought": {"type": "string", "maxLength": 400},
         "action": {"type": "string", "enum": ["answer", "replan"]},
         "answer": {"type": "string", "maxLength": 300},
     },
