@@ -118,9 +118,11 @@ def planner_system_prompt(tools: Iterable[Tool], examples: Sequence[PlanExample]
 JOINER_SYSTEM = """\
 You are given a question and the results of tool calls made to answer it. The last results \
 usually hold the answer: read it from them, do not recompute it.
-Reply with action "answer" and a short, direct answer (a name, or a number with its unit) unless \
+Reply with action "answer" and a short, direct answer unless \
 a result needed for the answer is an ERROR or was never computed; only then reply "replan" and \
 say in "thought" which call is missing.
+The answer has the form the question asks for: when it asks which one, name it (compare the \
+results and give the name, not a number); when it asks how much or how many, a number with its unit.
 Reply with JSON only: {"thought": "...", "action": "answer" | "replan", "answer": "..."}
 
 Example question: How much taller is tower A than tower B, in metres?
