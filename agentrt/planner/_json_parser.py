@@ -84,15 +84,6 @@ class JsonPlanParser(_PlanParser):
         self._key: str | None = None  # the latest key of the top-level object
         self._top_thought: str | None = None  # its "thought" value
 
-    def feed(self, chunk: str) -> list[PlanEvent]:
-        """Parse ``chunk``; returns the events it completed (often none)."""
-        if self._ended or not chunk:
-            return []
-        self._buf += chunk
-        out: list[PlanEvent] = []
-        self._scan(out)
-        return out
-
     def close(self) -> list[PlanEvent]:
         """End of the stream: a task still open becomes a `PlanIssue`; then `PlanEnd`."""
         if self._ended:

@@ -113,6 +113,15 @@ class _PlanParser:
 
     def feed(self, chunk: str) -> list[PlanEvent]:
         """Parse ``chunk``; returns the events it completed (often none)."""
+        if self._ended or not chunk:
+            return []
+        self._buf += chunk
+        out: list[PlanEvent] = []
+        self._scan(out)
+        return out
+
+    def _scan(self, out: list[PlanEvent]) -> None:
+        """Consume what ``self._buf`` holds, appending completed events to ``out``."""
         raise NotImplementedError
 
     def close(self) -> list[PlanEvent]:
@@ -199,15 +208,6 @@ class TextPlanParser(_PlanParser):
         self._quote: str | None = None
         self._nl: int | None = None  # start of the latest line inside an open task
         self._nl_paren = False
-
-    def feed(self, chunk: str) -> list[PlanEvent]:
-        """Parse ``chunk``; returns the events it completed (often none)."""
-        if self._ended or not chunk:
-            return []
-        self._buf += chunk
-        out: list[PlanEvent] = []
-        self._scan(out)
-        return out
 
     def close(self) -> list[PlanEvent]:
         """End of the stream: flush the last line; a task still open becomes a `PlanIssue`."""
