@@ -21,6 +21,7 @@ Failure policy (why each choice):
 from __future__ import annotations
 
 import codecs
+import contextlib
 import email.utils
 import json
 import logging
@@ -754,20 +755,8 @@ class OpenAIChatModel:
                         yield Delta(content=completion.content)
                     yield Delta(done=True, completion=completion)
                     return
-                decoder = _SSEDecoder()
-                async for raw in chunks:
-                    for data in decoder.feed(raw):
-                        if data.strip() == "[DONE]":
-                            done = True
-                            break
-                        text = collector.add(self._chunk(data))
-                        if text:
-                            yielded = True
-                            yield Delta(content=text)
-                    if done:
-                        break
-                else:
-                    for data in decoder.flush():
+                async with contextlib.aclosing(_sse_data(chunks)) as events:
+                    async for data in events:
                         if data.strip() == "[DONE]":
                             done = True
                             break
@@ -798,3 +787,13 @@ class OpenAIChatModel:
                       completion.wall_seconds)
             yield Delta(done=True, completion=completion)
             return
+
+
+async def _sse_data(chunks: AsyncIterator[bytes]) -> AsyncIterator[str]:
+    """The ``data`` of each server-sent event in a byte stream, the last one flushed at its end."""
+    decoder = _SSEDecoder()
+    async for raw in chunks:
+        for data in decoder.feed(raw):
+            yield data
+    for data in decoder.flush():
+        yield data

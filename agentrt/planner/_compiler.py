@@ -14,7 +14,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -218,6 +218,30 @@ class LLMCompiler:
 
         return handle
 
+    async def _plan_chunks(self, msgs: list[Message], res: CompilerResult) -> AsyncIterator[str]:
+        """The planner's text as it streams; the call's usage is added to ``res`` at its end.
+
+        The stream is read to its end even after the plan ended, for exact usage: a text plan
+        stops at ``join()`` (the server ends the stream at once, freeing the slot, instead of
+        letting a small model go on to answer the question itself)."""
+        stream = await self._plan_stream(msgs)
+        async for delta in stream:
+            if delta.done and delta.completion is not None:
+                res.usage = res.usage + delta.completion.usage
+                res.llm_calls += 1
+            elif delta.content:
+                yield delta.content
+
+    @staticmethod
+    def _finish_plan(parser: TextPlanParser | JsonPlanParser, handle: Callable[[list[Any]], bool],
+                     text: str, rest: str = "") -> None:
+        """The stream ended before a plan end event: feed ``rest``, plus ``join()`` when the
+        server stopped on it (it removes the stop string), then close the parser."""
+        if _STOPPED_AT_JOIN.search(text):
+            rest += JOIN_STOP
+        if not handle(parser.feed(rest)):
+            handle(parser.close())
+
     def _new_parser(self) -> TextPlanParser | JsonPlanParser:
         if self.plan_format == "json":
             return JsonPlanParser(self.registry)
@@ -258,23 +282,14 @@ class LLMCompiler:
         async with self.scheduler.session(results=dict(res.results)) as session:
             handle = self._event_handler(res, validator, session.add)
 
-            # Stop at join(): the server then ends the stream at once (exact usage, slot freed)
-            # instead of letting a small model go on to answer the question itself.
-            stream = await self._plan_stream(msgs)
             ended = False
             text: list[str] = []
-            async for delta in stream:  # type: ignore[union-attr]
-                if delta.done and delta.completion is not None:
-                    res.usage = res.usage + delta.completion.usage
-                    res.llm_calls += 1
-                elif delta.content and not ended:
-                    text.append(delta.content)
-                    ended = handle(parser.feed(delta.content))
-            if not ended:
-                if _STOPPED_AT_JOIN.search("".join(text)):
-                    ended = handle(parser.feed(JOIN_STOP))
+            async for chunk in self._plan_chunks(msgs, res):
                 if not ended:
-                    handle(parser.close())
+                    text.append(chunk)
+                    ended = handle(parser.feed(chunk))
+            if not ended:
+                self._finish_plan(parser, handle, "".join(text))
             session.close()
             results = await session.wait()
         res.results.update(results)

@@ -14,7 +14,7 @@ import time
 import anyio
 
 from agentrt.executor import Task, resolve_refs
-from agentrt.planner._compiler import _STOPPED_AT_JOIN, JOIN_STOP, CompilerResult, LLMCompiler
+from agentrt.planner._compiler import CompilerResult, LLMCompiler
 from agentrt.planner._validate import PlanValidator
 from agentrt.tools import ToolResult
 
@@ -68,22 +68,17 @@ class FaithfulLLMCompiler(LLMCompiler):
                 await anyio.sleep(POLL_INTERVAL)
 
         async def plan() -> None:
-            stream = await self._plan_stream(msgs)
             buf, ended, text = "", False, []
-            async for delta in stream:  # type: ignore[union-attr]
-                if delta.done and delta.completion is not None:
-                    res.usage = res.usage + delta.completion.usage
-                    res.llm_calls += 1
-                elif delta.content and not ended:
-                    text.append(delta.content)
-                    buf += delta.content
-                    while "\n" in buf and not ended:  # whole lines only, as the original
-                        line, buf = buf.split("\n", 1)
-                        ended = handle(parser.feed(line + "\n"))
+            async for chunk in self._plan_chunks(msgs, res):
+                if ended:
+                    continue
+                text.append(chunk)
+                buf += chunk
+                while "\n" in buf and not ended:  # whole lines only, as the original
+                    line, buf = buf.split("\n", 1)
+                    ended = handle(parser.feed(line + "\n"))
             if not ended:
-                rest = buf + (JOIN_STOP if _STOPPED_AT_JOIN.search("".join(text)) else "")
-                if not handle(parser.feed(rest)):
-                    handle(parser.close())
+                self._finish_plan(parser, handle, "".join(text), buf)
             plan_done.set()
 
         try:

@@ -11,25 +11,8 @@ import pytest
 
 from agentrt.executor import Ref
 from agentrt.planner import JsonPlanParser, PlanEnd, PlanIssue, TaskParsed, TextPlanParser, parse_plan
+from _planner_tools import db_query, math, search
 from agentrt.tools import ToolRegistry, tool
-
-
-@tool
-def search(query: str, k: int = 3) -> str:
-    """Web search."""
-    return query
-
-
-@tool
-def math(expression: str) -> float:
-    """Evaluate an arithmetic expression."""
-    return 0.0
-
-
-@tool(name="db.query")
-def db_query(sql: str, params: list[int] | None = None) -> list[dict[str, Any]]:
-    """Run a read-only SQL query."""
-    return []
 
 
 @tool(name="http.post")

@@ -20,30 +20,13 @@ from agentrt.planner import (
     parse_plan,
     validate_plan,
 )
+from _planner_tools import db_query, math, search
 from agentrt.tools import Tool, ToolRegistry, tool
 
 
 class Point(BaseModel):
     x: float
     y: float = 0.0
-
-
-@tool
-def search(query: str, k: int = 3) -> str:
-    """Web search."""
-    return query
-
-
-@tool
-def math(expression: str) -> float:
-    """Evaluate an arithmetic expression."""
-    return 0.0
-
-
-@tool(name="db.query")
-def db_query(sql: str, params: list[int] | None = None) -> list[dict[str, Any]]:
-    """Run a read-only SQL query."""
-    return []
 
 
 @tool
