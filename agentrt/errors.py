@@ -23,6 +23,7 @@ __all__ = [
     "DuplicateTool",
     "InvalidArguments",
     "SandboxError",
+    "SandboxUnavailable",
     "LimitExceeded",
     "UsageLimitExceeded",
     "RunCancelled",
@@ -100,6 +101,13 @@ class InvalidArguments(ToolError):
 
 class SandboxError(AgentrtError):
     """A sandbox backend could not start or run a call (not the call's own failure)."""
+
+
+class SandboxUnavailable(SandboxError):
+    """A part the sandbox needs is missing on this host (cgroups, bubblewrap, root, a backend).
+
+    The message names the missing part and the command or step that adds it.
+    """
 
 
 class LimitExceeded(AgentrtError):
