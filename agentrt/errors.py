@@ -27,6 +27,9 @@ __all__ = [
     "LimitExceeded",
     "UsageLimitExceeded",
     "RunCancelled",
+    "MemoryStoreError",
+    "MemoryConflict",
+    "EmbedderNotInstalled",
 ]
 
 
@@ -128,3 +131,27 @@ class UsageLimitExceeded(LimitExceeded):
 
 class RunCancelled(AgentrtError):
     """The run was cancelled before it finished."""
+
+
+class MemoryStoreError(AgentrtError):
+    """The episodic memory store failed: its database, blob files or embedder (issue 8)."""
+
+
+class MemoryConflict(MemoryStoreError):
+    """A compare-and-swap update of a memory block lost: the block changed since it was read.
+
+    Attributes:
+        label: the block's label.
+        expected_version: the version the writer read (and expected to replace).
+        actual_version: the version the store holds now (0 when the block does not exist).
+    """
+
+    def __init__(self, message: str, *, label: str, expected_version: int, actual_version: int) -> None:
+        super().__init__(message)
+        self.label = label
+        self.expected_version = expected_version
+        self.actual_version = actual_version
+
+
+class EmbedderNotInstalled(MemoryStoreError):
+    """The embedding model (or its tokenizer file) is not installed; the message names the fix."""
