@@ -19,7 +19,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-__all__ = ["EngineSettings", "Settings", "default_data_dir", "get_settings"]
+__all__ = ["EngineSettings", "MemorySettings", "Settings", "default_data_dir", "get_settings"]
 
 #: Name the local engine serves the embedded model under (OpenAI ``model`` field).
 LOCAL_MODEL_NAME = "qwen2.5-coder-1.5b-instruct-q4_k_m"
@@ -47,6 +47,23 @@ class EngineSettings(BaseModel):
     startup_timeout: float = Field(120.0, gt=0, description="Seconds to wait for health.")
 
 
+class MemorySettings(BaseModel):
+    """Settings of the episodic memory store (``agentrt.memory_store``)."""
+
+    path: Path | None = Field(None, description="SQLite file; None means <data dir>/memory/memory.db.")
+    durability: str = Field("process", pattern="^(process|power)$",
+                            description="process: survives a crash of the process (WAL, synchronous=NORMAL); "
+                                        "power: survives power loss (synchronous=FULL, group commit).")
+    embedder: str = Field("minilm", pattern="^(minilm|openai|hashing)$",
+                          description="minilm: offline all-MiniLM-L6-v2 int8 ONNX; openai: an OpenAI-compatible "
+                                      "/embeddings endpoint; hashing: feature hashing (no model, weak).")
+    embed_base_url: str | None = Field(None, description="Endpoint for embedder=openai (``.../v1``).")
+    embed_api_key: str | None = None
+    embed_model: str = Field("text-embedding-3-small", description="Model name for embedder=openai.")
+    embed_dim: int = Field(384, ge=8, description="Vector dimension (must match the embedder).")
+    embed_threads: int = Field(1, ge=1, description="onnxruntime intra-op threads (1 when an LLM shares the CPU).")
+
+
 class Settings(BaseSettings):
     """Everything agentrt can be configured with.
 
@@ -59,6 +76,7 @@ class Settings(BaseSettings):
             call that is not streamed shows no progress until it ends).
         max_retries: retries on 429, 5xx and connection errors, with exponential backoff.
         engine: local engine settings.
+        memory: episodic memory store settings.
         default_memory, default_cpu, default_pids, default_timeout: the default resource
             intent of a tool that declares none (bytes, cores, processes, seconds).
     """
@@ -74,6 +92,7 @@ class Settings(BaseSettings):
     request_timeout: float = Field(300.0, gt=0)
     max_retries: int = Field(3, ge=0)
     engine: EngineSettings = Field(default_factory=EngineSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
     default_memory: int = Field(512 * 1024 * 1024, gt=0)
     default_cpu: float = Field(1.0, gt=0)
     default_pids: int = Field(64, ge=1)
