@@ -1,1 +1,48 @@
-"""Per-call cgroups and resource policies: not built yet (issue 5)."""
+"""Per-call cgroups: layout detection, the session -> call hierarchy, limits, usage, the join shim.
+
+Public API (see each object's docstring for units, files and errors):
+
+- `detect_layout() -> CgroupLayout`: ``kind`` is ``"v2"`` (controllers available),
+  ``"hybrid"`` (v1 memory/cpu/pids + a v2 tree without controllers, as on these machines) or
+  ``"none"``; ``detail`` is one line for humans.
+- `CgroupDriver(layout=None)`: reaps groups of dead runtimes, then owns
+  ``<own cgroup>/agentrt-<pid>-<start ticks>``. ``driver.session(memory_max=None)`` ->
+  `SessionGroup`; ``session.call(limits)`` -> `CallGroup` (``limits``: `CallLimits` or an
+  `agentrt.tools.Limits`: hard = memory x memory_burst, soft = memory, CPU quota = cpu cores,
+  pids.max = pids). ``driver.close()`` / ``session.close()`` / ``call.close()`` kill, drain and
+  remove (also at interpreter exit).
+- `CallGroup`: ``procs_files`` (to join), ``pids()``, ``usage() -> CgroupUsage``
+  (memory_peak_bytes, cpu_seconds, nr_periods, throttled_periods, throttled_seconds, oom_kills,
+  pids_peak, pids_max_hits), ``kill()``, ``populated()``, ``close()``, ``v2_dir`` and
+  ``cgroup_id`` (the v2 inode, = ``bpf_get_current_cgroup_id()``), ``soft_limit_enforced``.
+- `shim_argv(procs_files, argv)`: the argv that joins the groups *before* exec'ing ``argv``
+  (``/bin/sh``, ~1 ms); exit status `SHIM_JOIN_FAILED` (125) if joining failed.
+- `reap_stale(layout)`: remove groups of dead runtimes (the driver does it at start).
+
+Errors: `agentrt.errors.SandboxUnavailable` when no layout can enforce limits or this user may
+not create groups (the message names the fix); `agentrt.errors.SandboxError` when a group cannot
+be created, written or removed.
+
+Extension points for later parts (admission control, the container backend, eBPF): a session's
+``memory_max`` is the session budget; a call's ``dirs`` maps each controller to its directory
+(e.g. to place a container exec's pid by writing ``call.procs_files``); ``cgroup_id`` keys eBPF
+maps. Modules named ``_ebpf*`` in this package are reserved for the eBPF monitor.
+"""
+
+from agentrt.cgroups._driver import (
+    CallGroup,
+    CallLimits,
+    CgroupDriver,
+    CgroupUsage,
+    SessionGroup,
+    reap_stale,
+    runtime_id,
+)
+from agentrt.cgroups._layout import CgroupLayout, LayoutKind, detect_layout
+from agentrt.cgroups._shim import SHIM_JOIN_FAILED, python_shim_argv, shim_argv
+
+__all__ = [
+    "SHIM_JOIN_FAILED", "CallGroup", "CallLimits", "CgroupDriver", "CgroupLayout", "CgroupUsage",
+    "LayoutKind", "SessionGroup", "detect_layout", "python_shim_argv", "reap_stale", "runtime_id",
+    "shim_argv",
+]
