@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Any
 
 import anyio
 
-from agentrt.config import Settings, get_settings
+from agentrt.config import LOCAL_MODEL_NAME, Settings, get_settings
+from agentrt.errors import UsageLimitExceeded
 from agentrt.executor import Task
 from agentrt.llm import ChatModel, Usage
-from agentrt.planner import LLMCompiler, PlanExample
+from agentrt.planner import CompilerResult, LLMCompiler, PlanExample, UsageLimits
 from agentrt.tools import Tool, ToolRegistry, ToolResult
 
-__all__ = ["Agent", "RunResult"]
+__all__ = ["Agent", "RunFinished", "RunResult", "RunStream", "price_function"]
 
 
 @dataclass
@@ -50,6 +53,50 @@ class RunResult:
     issues: list[str] = field(default_factory=list)
     cost_usd: float | None = None
 
+    @property
+    def tool_calls(self) -> int:
+        """Tool calls made (tasks not skipped for a failed dependency)."""
+        return sum(1 for r in self.results.values() if r.error_kind != "skipped")
+
+    @classmethod
+    def from_compiler(cls, res: CompilerResult) -> RunResult:
+        return cls(
+            answer=res.answer, partial=res.partial, reason=res.reason,
+            plan=[res.tasks[i] for i in sorted(res.tasks)], results=res.results, usage=res.usage,
+            llm_calls=res.llm_calls, wall_seconds=res.wall_seconds,
+            first_dispatch_seconds=res.first_dispatch_seconds, critical_path=res.critical_path,
+            rounds=res.rounds, issues=[i.message for i in res.issues], cost_usd=res.cost_usd,
+        )
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The last event of `Agent.stream`: the run's `RunResult`."""
+
+    result: RunResult
+
+
+def price_function(model_name: str | None, *, local: bool) -> Callable[[Usage], float | None]:
+    """USD cost of a `Usage` for ``model_name``: 0 for the local engine; the price from
+    `genai-prices` (input, cached input and output tokens counted separately) where it knows the
+    model; else ``None`` (unknown, not zero)."""
+    if local:
+        return lambda usage: 0.0
+    from genai_prices import Usage as PriceUsage
+    from genai_prices import calc_price
+
+    try:
+        calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model_name or "")
+    except LookupError:
+        return lambda usage: None
+
+    def cost(usage: Usage) -> float | None:
+        price = calc_price(PriceUsage(input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_tokens,
+                                      output_tokens=usage.output_tokens), model_ref=model_name or "")
+        return float(price.total_price)
+
+    return cost
+
 
 class Agent:
     """An LLMCompiler agent over a set of tools.
@@ -62,8 +109,11 @@ class Agent:
         examples: worked plan examples for the planner prompt.
         max_rounds: plan/join rounds before a partial answer.
         max_concurrency: cap on concurrent tool calls.
+        usage_limits: what each run may spend (tokens, LLM calls, tool calls, wall seconds, USD);
+            a run reaching one raises `UsageLimitExceeded` whose ``partial`` is the `RunResult`
+            so far.
         settings: configuration; defaults to `get_settings()`.
-        on_event: called with every run event (task added/started/finished, joiner decision).
+        on_event: called with every run event (see `agentrt.events`); must be cheap.
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -76,6 +126,7 @@ class Agent:
         examples: Sequence[PlanExample] = (),
         max_rounds: int = 3,
         max_concurrency: int | None = None,
+        usage_limits: UsageLimits | None = None,
         settings: Settings | None = None,
         on_event: Callable[[Any], None] | None = None,
     ) -> None:
@@ -84,37 +135,64 @@ class Agent:
         self.examples = list(examples)
         self.max_rounds = max_rounds
         self.max_concurrency = max_concurrency
+        self.usage_limits = usage_limits or UsageLimits()
         self.on_event = on_event
         self._model = model
         self._engine: Any = None
+        self._local = False  # the model is the embedded local engine (cost 0 USD)
 
     async def _ensure_model(self) -> ChatModel:
         if self._model is None:
             from agentrt.llm import OpenAIChatModel, resolve_endpoint
 
             base_url, self._engine = await resolve_endpoint(self.settings)
+            self._local = self.settings.uses_local_engine
             self._model = OpenAIChatModel.from_settings(self.settings, base_url=base_url)
         return self._model
 
-    async def run(self, question: str) -> RunResult:
+    async def run(self, question: str, *, usage_limits: UsageLimits | None = None) -> RunResult:
         """Answer ``question`` with a plan of parallel tool calls.
+
+        Args:
+            question: the question.
+            usage_limits: limits for this run instead of the agent's.
 
         Raises:
             ModelError: the model endpoint failed after its retries.
             ModelNotInstalled: no endpoint is configured and the local model is not installed.
+            UsageLimitExceeded: a usage limit was reached; ``partial`` is the `RunResult` so far
+                (finished tool results kept, running calls cancelled, ``partial=True``).
         """
+        return await self._run(question, usage_limits, self.on_event)
+
+    async def _run(self, question: str, usage_limits: UsageLimits | None,
+                   on_event: Callable[[Any], None] | None) -> RunResult:
         model = await self._ensure_model()
-        compiler = LLMCompiler(model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
-                               max_concurrency=self.max_concurrency, on_event=self.on_event)
-        res = await compiler.run(question)
-        cost = 0.0 if self._engine is not None or self.settings.uses_local_engine else None
-        return RunResult(
-            answer=res.answer, partial=res.partial, reason=res.reason,
-            plan=[res.tasks[i] for i in sorted(res.tasks)], results=res.results, usage=res.usage,
-            llm_calls=res.llm_calls, wall_seconds=res.wall_seconds,
-            first_dispatch_seconds=res.first_dispatch_seconds, critical_path=res.critical_path,
-            rounds=res.rounds, issues=[i.message for i in res.issues], cost_usd=cost,
+        local = self._local or getattr(model, "model_name", None) == LOCAL_MODEL_NAME
+        compiler = LLMCompiler(
+            model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
+            max_concurrency=self.max_concurrency, on_event=on_event,
+            usage_limits=usage_limits or self.usage_limits,
+            cost=price_function(getattr(model, "model_name", None), local=local),
         )
+        try:
+            res = await compiler.run(question)
+        except UsageLimitExceeded as exc:
+            if isinstance(exc.partial, CompilerResult):
+                exc.partial = RunResult.from_compiler(exc.partial)
+            raise
+        return RunResult.from_compiler(res)
+
+    def stream(self, question: str, *, usage_limits: UsageLimits | None = None) -> RunStream:
+        """Run ``question`` and yield its events as they happen.
+
+        Use as ``async with agent.stream(q) as events: async for ev in events: ...``. The events
+        are those of `agentrt.events`, ending with `RunFinished`; ``events.result`` holds the
+        `RunResult` afterwards. Leaving the block early cancels the run. An error of the run
+        (`UsageLimitExceeded`, `ModelError`, ...) is raised by the iteration, after the events
+        that preceded it.
+        """
+        return RunStream(self, question, usage_limits)
 
     def run_sync(self, question: str) -> RunResult:
         """`run` for synchronous code; starts and stops the local engine if it needs one."""
@@ -140,3 +218,64 @@ class Agent:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+class RunStream:
+    """The events of one run: an async iterator used inside ``async with`` (see `Agent.stream`).
+
+    Attributes:
+        result: the `RunResult` once the run has finished, else ``None``.
+    """
+
+    def __init__(self, agent: Agent, question: str, usage_limits: UsageLimits | None) -> None:
+        self._agent, self._question, self._limits = agent, question, usage_limits
+        self.result: RunResult | None = None
+        self._error: Exception | None = None
+        self._tg: Any = None
+
+    async def __aenter__(self) -> RunStream:
+        self._send, self._recv = anyio.create_memory_object_stream[Any](math.inf)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._drive)
+        return self
+
+    async def _drive(self) -> None:
+        user = self._agent.on_event
+
+        def emit(ev: Any) -> None:
+            if user is not None:
+                user(ev)
+            self._send.send_nowait(ev)
+
+        with self._send:
+            try:
+                self.result = await self._agent._run(self._question, self._limits, emit)
+            except Exception as exc:  # handed to the reader: raised from its iteration
+                self._error = exc
+                return
+            self._send.send_nowait(RunFinished(result=self.result))
+
+    def __aiter__(self) -> RunStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self._recv.receive()
+        except anyio.EndOfStream:
+            if self._error is not None:
+                err, self._error = self._error, None
+                raise err from None
+            raise StopAsyncIteration from None
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> bool | None:
+        if self.result is None:
+            self._tg.cancel_scope.cancel()  # left early: stop the run
+        try:
+            # the block's own exception (e.g. the run's error re-raised by the iteration) is not
+            # handed to the task group, which would wrap it in an ExceptionGroup; it propagates
+            await self._tg.__aexit__(None, None, None)
+        finally:
+            self._recv.close()
+        return None

@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agentrt.cli._app import app
-from agentrt.errors import AgentrtError
+from agentrt.errors import AgentrtError, UsageLimitExceeded
 from agentrt.planner import PlanExample
 
 console = Console(stderr=False)
@@ -68,6 +68,7 @@ class LiveView:
     def __init__(self) -> None:
         self.rows: dict[int, dict[str, Any]] = {}
         self.notes: list[str] = []
+        self.answer = ""
         self.t0 = time.perf_counter()
 
     def on_event(self, ev: Any) -> None:
@@ -83,6 +84,8 @@ class LiveView:
             ok = bool(result is not None and result.ok)
             self.rows[task.id].update(state="done" if ok else ("skipped" if kind == "TaskSkipped" else "failed"),
                                       end=now, result=result)
+        elif kind == "AnswerDelta":
+            self.answer += ev.text
         elif kind == "PlanIssueSeen":
             self.notes.append(f"[yellow]plan issue:[/] {ev.issue.message}")
         elif kind == "JoinDecision":
@@ -107,7 +110,8 @@ class LiveView:
             wall = f"{row['end'] - row['start']:.2f}" if "end" in row and "start" in row else ""
             call = task.render().split(". ", 1)[-1]
             table.add_row(str(tid), call[:70], Text(row["state"], style=colors[row["state"]]), start, wall, preview)
-        return Group(table, *[Text.from_markup(n) for n in self.notes])
+        answer = [Text.assemble(("answer: ", "bold green"), self.answer)] if self.answer else []
+        return Group(table, *[Text.from_markup(n) for n in self.notes], *answer)
 
 
 def _first_agentrt_error(exc: BaseException) -> AgentrtError | None:
@@ -131,14 +135,19 @@ def run(
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; default: the local engine."),
     max_rounds: int = typer.Option(3, min=1, help="Plan/join rounds before a partial answer."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the live view."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", min=0, help="Stop after this many LLM tokens (in + out)."),
+    max_tool_calls: int | None = typer.Option(None, "--max-tool-calls", min=0, help="Stop before exceeding this many tool calls."),
+    max_seconds: float | None = typer.Option(None, "--max-seconds", min=0.001, help="Stop after this many seconds."),
+    max_cost: float | None = typer.Option(None, "--max-cost", min=0, help="Stop above this cost in USD (priced models)."),
 ) -> None:
     """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results.
 
-    Exit status: 0 with a full answer, 3 with a partial one, 1 on an error.
+    Exit status: 0 with a full answer, 3 with a partial one, 4 when a usage limit stopped the run
+    (what it had is printed), 1 on an error.
     """
     if not question.strip():
         raise typer.BadParameter("the question is empty")
-    from agentrt import Agent
+    from agentrt import Agent, UsageLimits
     from agentrt.config import get_settings
     from agentrt.tools.builtin import builtin_tools
 
@@ -154,10 +163,12 @@ def run(
         tools = [t for t in tools if t.name in wanted]
     settings = get_settings(model=model, base_url=base_url)
     view = LiveView()
+    limits = UsageLimits(max_total_tokens=max_tokens, max_tool_calls=max_tool_calls,
+                         max_wall_seconds=max_seconds, max_cost_usd=max_cost)
 
     async def go() -> Any:
         agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
-                      on_event=view.on_event)
+                      on_event=view.on_event, usage_limits=limits)
         try:
             if as_json:
                 return await agent.run(question)
@@ -172,21 +183,37 @@ def run(
 
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(refresh)
-                    result = await agent.run(question)
-                    tg.cancel_scope.cancel()
-                live.update(view.render())
+                    try:
+                        result = await agent.run(question)
+                    finally:
+                        tg.cancel_scope.cancel()
+                        view.answer = ""  # printed below with the run's figures
+                        live.update(view.render())
             return result
         finally:
             await agent.aclose()
 
+    stopped: UsageLimitExceeded | None = None
     try:
         result = anyio.run(go)
     except (AgentrtError, BaseExceptionGroup) as exc:
         err = _first_agentrt_error(exc)
         if err is None:
             raise
-        console.print(f"[red]error:[/] {type(err).__name__}: {err}")
-        raise typer.Exit(1) from None
+        if not isinstance(err, UsageLimitExceeded) or err.partial is None:
+            console.print(f"[red]error:[/] {type(err).__name__}: {err}")
+            raise typer.Exit(1) from None
+        stopped, result = err, err.partial
+    _report(result, as_json)
+    if stopped is not None:
+        if not as_json:
+            console.print(f"[red]stopped:[/] {stopped}")
+        raise typer.Exit(4)
+    if result.partial:
+        raise typer.Exit(3)
+
+
+def _report(result: Any, as_json: bool) -> None:
     if as_json:
         out = {
             "answer": result.answer, "partial": result.partial, "reason": result.reason,
@@ -198,8 +225,6 @@ def run(
             "rounds": result.rounds, "issues": result.issues, "cost_usd": result.cost_usd,
         }
         console.print_json(json.dumps(out, default=str))
-        if result.partial:
-            raise typer.Exit(3)
         return
     style = "yellow" if result.partial else "bold green"
     console.print(f"\n[{style}]{'partial answer' if result.partial else 'answer'}:[/] {result.answer}")
@@ -212,7 +237,11 @@ def run(
         f"{result.llm_calls} LLM calls; {len(result.plan)} tasks in {result.rounds} round(s)\n"
         f"wall: {result.wall_seconds:.2f} s; first dispatch at {result.first_dispatch_seconds or 0:.2f} s; "
         f"critical path: {' -> '.join(map(str, path)) or '-'} ({path_s:.2f} s of tool time); "
-        f"cost: {'0 USD (local model)' if result.cost_usd == 0 else result.cost_usd}[/]"
+        f"cost: {_cost_text(result.cost_usd)}[/]"
     )
-    if result.partial:
-        raise typer.Exit(3)
+
+
+def _cost_text(cost: float | None) -> str:
+    if cost is None:
+        return "unknown (no price for this model)"
+    return "0 USD (local model)" if cost == 0 else f"{cost:.6f} USD"

@@ -18,9 +18,23 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from agentrt.executor import LocalBackend, Scheduler, Task, TaskStarted, critical_path, resolve_refs
+import anyio
+
+from agentrt.errors import UsageLimitExceeded
+from agentrt.executor import (
+    LocalBackend,
+    Scheduler,
+    Task,
+    TaskFinished,
+    TaskSkipped,
+    TaskStarted,
+    critical_path,
+    resolve_refs,
+)
 from agentrt.llm import ChatModel, Message, Usage
+from agentrt.planner._answer_stream import AnswerFieldReader
 from agentrt.planner._events import (
+    AnswerDelta,
     JoinDecision,
     PlanIssueSeen,
     RoundStarted,
@@ -37,6 +51,7 @@ from agentrt.planner._prompts import (
     planner_system_prompt,
 )
 from agentrt.planner._schema import plan_array_schema
+from agentrt.planner._usage import UsageLimits
 from agentrt.planner._validate import PlanValidator
 from agentrt.tools import ToolRegistry, ToolResult
 
@@ -62,11 +77,13 @@ class CompilerResult:
         results: every task's result, by id.
         issues: plan problems found (bad tasks, parse errors), in order.
         rounds: number of plan/join rounds.
-        usage: token usage of every LLM call of the run.
-        llm_calls: number of LLM calls.
+        usage: token usage of every LLM call of the run that completed (a call cut short when
+            the run stopped at a usage limit has no usage report).
+        llm_calls: number of LLM calls started.
         wall_seconds: end-to-end time.
         first_dispatch_seconds: time from the start to the first task dispatch, or None.
         critical_path: task ids on the longest measured chain, and its length in seconds.
+        cost_usd: cost of the LLM calls where the model's price is known, else None.
     """
 
     answer: str
@@ -81,6 +98,21 @@ class CompilerResult:
     wall_seconds: float = 0.0
     first_dispatch_seconds: float | None = None
     critical_path: tuple[list[int], float] = ([], 0.0)
+    cost_usd: float | None = None
+
+
+class _LimitReached(Exception):
+    """Raised inside a run to stop it at a usage limit; turned into `UsageLimitExceeded`."""
+
+
+def _find_limit(exc: BaseException) -> _LimitReached | None:
+    if isinstance(exc, _LimitReached):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            if (found := _find_limit(sub)) is not None:
+                return found
+    return None
 
 
 def _describe_results(tasks: dict[int, Task], results: dict[int, ToolResult], limit: int = 700) -> str:
@@ -120,6 +152,10 @@ class LLMCompiler:
         plan_format: ``"text"`` (LLMCompiler's numbered calls, the default: measured more
             accurate with the local model, see results/parallelqa.json) or ``"json"`` (a
             ``{"tasks": [...]}`` object constrained by a JSON schema built from the registry).
+        usage_limits: what one run may spend; reaching a limit raises `UsageLimitExceeded`
+            with the partial `CompilerResult` as its ``partial``.
+        cost: the USD cost of a `Usage` for this model (``None`` where the price is unknown);
+            without it the cost is unknown and ``max_cost_usd`` cannot be enforced.
     """
 
     def __init__(
@@ -135,6 +171,8 @@ class LLMCompiler:
         plan_max_tokens: int = 512,
         joiner_max_tokens: int = 200,
         plan_format: Literal["text", "json"] = "text",
+        usage_limits: UsageLimits | None = None,
+        cost: Callable[[Usage], float | None] | None = None,
     ) -> None:
         if max_rounds < 1:
             raise ValueError("max_rounds must be at least 1")
@@ -152,6 +190,10 @@ class LLMCompiler:
         if plan_format not in ("text", "json"):
             raise ValueError(f"plan_format must be 'text' or 'json', not {plan_format!r}")
         self.plan_format = plan_format
+        self.usage_limits = usage_limits or UsageLimits()
+        if self.usage_limits.max_cost_usd is not None and cost is None:
+            raise ValueError("max_cost_usd needs a cost function (the model's price)")
+        self._cost = cost
         self._system = planner_system_prompt(registry, self.examples, plan_format)
         self._plan_schema = (
             {"type": "json_schema", "json_schema": {"name": "plan", "schema": plan_array_schema(
@@ -163,17 +205,42 @@ class LLMCompiler:
 
         Raises:
             ModelError: the model endpoint failed (after its retries).
+            UsageLimitExceeded: a usage limit was reached; ``partial`` holds the
+                `CompilerResult` so far (finished results kept, running calls cancelled).
         """
         t0 = self._t0 = time.perf_counter()
-        res = CompilerResult(answer="")
-        feedback: str | None = None
+        res = CompilerResult(answer="", cost_usd=self._cost(Usage()) if self._cost else None)
 
         def on_sched(ev: Any) -> None:
             if res.first_dispatch_seconds is None and isinstance(ev, TaskStarted):
                 res.first_dispatch_seconds = time.perf_counter() - t0
+            elif isinstance(ev, (TaskFinished, TaskSkipped)):
+                res.results[ev.task.id] = ev.result  # kept even if the run stops early
             self._emit(ev)
 
         self.scheduler.on_event = on_sched
+        stop: str | None = None
+        try:
+            with anyio.move_on_after(self.usage_limits.max_wall_seconds or float("inf")) as scope:
+                await self._rounds(question, context, res)
+            if scope.cancelled_caught:
+                stop = f"usage limit reached: wall time {self.usage_limits.max_wall_seconds:g} s"
+        except BaseException as exc:
+            hit = _find_limit(exc)
+            if hit is None:
+                raise
+            stop = str(hit)
+        res.wall_seconds = time.perf_counter() - t0
+        res.critical_path = critical_path(res.tasks, res.results)
+        if stop is not None:
+            for tid in res.tasks.keys() - res.results.keys():
+                res.results[tid] = ToolResult.failure("cancelled", f"run stopped: {stop}")
+            res.partial, res.reason = True, stop
+            raise UsageLimitExceeded(stop, partial=res)
+        return res
+
+    async def _rounds(self, question: str, context: str | None, res: CompilerResult) -> None:
+        feedback: str | None = None
         for round_no in range(1, self.max_rounds + 1):
             res.rounds = round_no
             self._emit(RoundStarted(round=round_no))
@@ -193,9 +260,20 @@ class LLMCompiler:
                     res.reason = "every tool call failed"
                 break
             feedback = decision.thought or "some results are missing or failed"
-        res.wall_seconds = time.perf_counter() - t0
-        res.critical_path = critical_path(res.tasks, res.results)
-        return res
+
+    def _account(self, res: CompilerResult, usage: Usage) -> None:
+        """Add one LLM call's usage to ``res``; stop the run if a limit is now exceeded."""
+        res.usage = res.usage + usage
+        if self._cost is not None:
+            res.cost_usd = self._cost(res.usage)
+        if (msg := self.usage_limits.exceeded(res.usage, res.llm_calls, res.cost_usd)) is not None:
+            raise _LimitReached(msg)
+
+    def _before_llm_call(self, res: CompilerResult) -> None:
+        """Count an LLM call about to start, unless a limit leaves no room for it."""
+        if (msg := self.usage_limits.exhausted(res.usage, res.llm_calls, res.cost_usd)) is not None:
+            raise _LimitReached(msg)
+        res.llm_calls += 1
 
     def _event_handler(self, res: CompilerResult, validator: PlanValidator,
                        dispatch: Callable[[Task], None]) -> Callable[[list[Any]], bool]:
@@ -206,6 +284,10 @@ class LLMCompiler:
             for ev in events:
                 ev = validator.process(ev)
                 if isinstance(ev, TaskParsed):
+                    cap = self.usage_limits.max_tool_calls
+                    if cap is not None and len(res.tasks) >= cap:
+                        raise _LimitReached(f"usage limit reached: tool calls {cap} dispatched, "
+                                            f"task {ev.task.id} would exceed the limit")
                     res.tasks[ev.task.id] = ev.task
                     self._emit(TaskAdded(task=ev.task))
                     dispatch(ev.task)
@@ -224,11 +306,11 @@ class LLMCompiler:
         The stream is read to its end even after the plan ended, for exact usage: a text plan
         stops at ``join()`` (the server ends the stream at once, freeing the slot, instead of
         letting a small model go on to answer the question itself)."""
+        self._before_llm_call(res)
         stream = await self._plan_stream(msgs)
         async for delta in stream:
             if delta.done and delta.completion is not None:
-                res.usage = res.usage + delta.completion.usage
-                res.llm_calls += 1
+                self._account(res, delta.completion.usage)
             elif delta.content:
                 yield delta.content
 
@@ -302,14 +384,21 @@ class LLMCompiler:
             Message(role="system", content=joiner_system_prompt()),
             Message(role="user", content=f"Question: {question}\n\nResults:\n{body}"),
         ]
-        comp = await self.model.complete(
-            msgs, max_tokens=self.joiner_max_tokens,
+        self._before_llm_call(res)
+        stream = await self.model.complete(
+            msgs, stream=True, max_tokens=self.joiner_max_tokens,
             response_format={"type": "json_schema",
                              "json_schema": {"name": "join", "schema": JOINER_SCHEMA, "strict": True}},
         )
-        res.usage = res.usage + comp.usage  # type: ignore[union-attr]
-        res.llm_calls += 1
-        text = comp.content.strip()  # type: ignore[union-attr]
+        reader, parts = AnswerFieldReader(), []
+        async for delta in stream:  # type: ignore[union-attr]
+            if delta.done and delta.completion is not None:
+                self._account(res, delta.completion.usage)
+            elif delta.content:
+                parts.append(delta.content)
+                if piece := reader.feed(delta.content):
+                    self._emit(AnswerDelta(text=piece))
+        text = "".join(parts).strip()
         try:
             data = json.loads(text)
             return JoinDecision(action=data["action"], answer=str(data.get("answer", "")),

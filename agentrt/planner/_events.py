@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["JoinDecision", "PlanIssueSeen", "RoundStarted", "RunEvent", "TaskAdded"]
+__all__ = ["AnswerDelta", "JoinDecision", "PlanIssueSeen", "RoundStarted", "RunEvent", "TaskAdded"]
 
 
 @dataclass(frozen=True)
@@ -38,4 +38,15 @@ class JoinDecision:
     thought: str = ""
 
 
-RunEvent = Any  # RoundStarted | TaskAdded | PlanIssueSeen | JoinDecision | scheduler events
+@dataclass(frozen=True)
+class AnswerDelta:
+    """A piece of the final answer's text, as the joiner streams it.
+
+    Emitted only once the joiner has decided to answer (not to replan), so the deltas of a run
+    concatenate to its answer.
+    """
+
+    text: str
+
+
+RunEvent = Any  # RoundStarted | TaskAdded | PlanIssueSeen | AnswerDelta | JoinDecision | scheduler events
