@@ -8,10 +8,17 @@ import time
 from typing import Any
 
 import pytest
+from _planner_tools import db_query, math, search
 
 from agentrt.executor import Ref
-from agentrt.planner import JsonPlanParser, PlanEnd, PlanIssue, TaskParsed, TextPlanParser, parse_plan
-from _planner_tools import db_query, math, search
+from agentrt.planner import (
+    JsonPlanParser,
+    PlanEnd,
+    PlanIssue,
+    TaskParsed,
+    TextPlanParser,
+    parse_plan,
+)
 from agentrt.tools import ToolRegistry, tool
 
 

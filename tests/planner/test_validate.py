@@ -7,6 +7,7 @@ import time
 from typing import Annotated, Any, Literal
 
 import pytest
+from _planner_tools import db_query, math, search
 from pydantic import BaseModel, Field
 
 from agentrt.errors import PlanError
@@ -20,7 +21,6 @@ from agentrt.planner import (
     parse_plan,
     validate_plan,
 )
-from _planner_tools import db_query, math, search
 from agentrt.tools import Tool, ToolRegistry, tool
 
 
