@@ -1,1 +1,55 @@
-"""Sandbox backends where tool calls run: not built yet beyond in-process (issue 5)."""
+"""Sandbox backends where tool calls run, each call under its own limits.
+
+- `SandboxBackend` / `Sandbox` (DESIGN.md): ``backend.start(session) -> Sandbox``;
+  ``await sandbox.exec(argv | Tool | callable, limits, stdin, args=...) -> ToolResult``;
+  ``sandbox.close()``.
+- `NamespaceBackend` (``namespace``, the default on Linux): bubblewrap namespaces + a cgroup per
+  call (`agentrt.cgroups`); `NoneBackend` (``none``): unconfined, timed only.
+- `get_backend(name)`: a backend by name; ``docker`` when its module exists, else
+  `SandboxUnavailable` saying so.
+
+Error kinds of a call's result: ``oom`` (with ``usage.memory_peak_bytes``), ``timeout``,
+``killed``, ``denied`` (limits the backend cannot give, e.g. a network allow-list),
+``tool_error`` (non-zero exit, or the callable's exception: its traceback's last line),
+``invalid_args``. Usage: wall_seconds, cpu_seconds, memory_peak_bytes, exit_status, oom_killed,
+timed_out, plus throttled_seconds, throttled_periods, nr_periods, oom_kills, pids_peak,
+pids_max_hits (namespace) or limits_enforced=False (none).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from agentrt.errors import SandboxUnavailable
+from agentrt.sandbox._base import EXIT_KILLED, EXIT_OOM, EXIT_TIMEOUT, ExecTarget, Outcome, Sandbox, SandboxBackend
+from agentrt.sandbox._namespace import NamespaceBackend, NamespaceSandbox, bwrap_argv
+from agentrt.sandbox._none import NoneBackend, NoneSandbox
+
+__all__ = [
+    "EXIT_KILLED", "EXIT_OOM", "EXIT_TIMEOUT", "BACKENDS", "ExecTarget", "NamespaceBackend",
+    "NamespaceSandbox", "NoneBackend", "NoneSandbox", "Outcome", "Sandbox", "SandboxBackend",
+    "bwrap_argv", "get_backend",
+]
+
+BACKENDS = ("namespace", "docker", "none")
+
+
+def get_backend(name: str = "namespace", **options: object) -> SandboxBackend:
+    """The backend called ``name`` (``namespace``, ``docker`` or ``none``), built with ``options``.
+
+    Raises:
+        SandboxUnavailable: the backend cannot run here, or (``docker``) is not built yet.
+        ValueError: unknown name.
+    """
+    if name == "namespace":
+        return NamespaceBackend(**options)  # type: ignore[arg-type]
+    if name == "none":
+        return NoneBackend()
+    if name == "docker":
+        if importlib.util.find_spec("agentrt.sandbox._docker") is None:
+            raise SandboxUnavailable("the docker (container) sandbox backend is not available yet in "
+                                     "this version of agentrt; use --backend namespace")
+        module = importlib.import_module("agentrt.sandbox._docker")
+        return module.DockerBackend(**options)  # type: ignore[no-any-return]
+    raise ValueError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")

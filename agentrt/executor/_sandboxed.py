@@ -1,0 +1,75 @@
+"""`SandboxedBackend`: an executor backend that runs ``runs_in="sandbox"`` tools in a sandbox.
+
+Tools declaring ``runs_in="sandbox"`` run through a `agentrt.sandbox.Sandbox` (one session per
+backend, started on first use), each call under its own limits (the ``limits`` the scheduler
+passes: the tool's by default). In-process tools run in this process through `LocalBackend`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from agentrt.executor._backend import ExecutorBackend, LocalBackend
+from agentrt.executor._task import Task
+from agentrt.sandbox import Sandbox, SandboxBackend, get_backend
+from agentrt.tools import Limits, Tool, ToolResult
+
+__all__ = ["SandboxedBackend"]
+
+
+class SandboxedBackend:
+    """Runs sandbox tools in a sandbox session, in-process tools in-process.
+
+    Args:
+        sandbox: a `SandboxBackend`, or its name (``"namespace"``, ``"docker"``, ``"none"``).
+        session: label of the sandbox session.
+        local: backend for in-process tools (`LocalBackend` by default).
+        sandbox_all: run in-process tools in the sandbox too (each call in a worker process).
+
+    Use ``async with SandboxedBackend() as backend: Scheduler(registry, backend=backend)`` or call
+    `close` when done; the sandbox session (its cgroups) is removed then.
+
+    Raises:
+        SandboxUnavailable: (on first sandboxed call, or here for a name) the backend cannot run
+            on this host.
+    """
+
+    def __init__(self, sandbox: SandboxBackend | str = "namespace", *, session: str | None = None,
+                 local: ExecutorBackend | None = None, sandbox_all: bool = False) -> None:
+        self._backend = get_backend(sandbox) if isinstance(sandbox, str) else sandbox
+        self._label = session
+        self._local = local or LocalBackend()
+        self._sandbox: Sandbox | None = None
+        self._lock = anyio.Lock()
+        self.sandbox_all = sandbox_all
+
+    @property
+    def backend(self) -> SandboxBackend:
+        return self._backend
+
+    async def _session(self) -> Sandbox:
+        async with self._lock:
+            if self._sandbox is None:
+                self._sandbox = self._backend.start(self._label)
+            return self._sandbox
+
+    async def submit(self, task: Task, tool: Tool, args: dict[str, Any], limits: Limits) -> ToolResult:
+        """Run ``tool`` with ``args`` under ``limits`` (see `ExecutorBackend.submit`)."""
+        if tool.runs_in == "in_process" and not self.sandbox_all:
+            return await self._local.submit(task, tool, args, limits)
+        sandbox = await self._session()
+        return await sandbox.exec(tool, limits, args=args)
+
+    def close(self) -> None:
+        """Close the sandbox session (kills and removes what it still holds). Idempotent."""
+        if self._sandbox is not None:
+            self._sandbox.close()
+            self._sandbox = None
+
+    async def __aenter__(self) -> SandboxedBackend:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,329 @@
+"""The ``namespace`` backend: each tool call in bubblewrap namespaces, inside its own cgroup.
+
+Per call: a cgroup (`agentrt.cgroups`) with the call's memory, CPU and pids limits, joined by the
+launcher *before* bubblewrap execs; bubblewrap with its own mount, pid, network, IPC, UTS and
+cgroup namespaces, ``--die-with-parent``, ``--new-session``, every capability dropped, the host's
+root read-only, ``/root``, ``/home``, ``/run`` and ``/var/tmp`` hidden behind empty tmpfs,
+``/etc/shadow``-like files hidden, a fresh ``/tmp`` (sized by ``Limits.disk``) holding the call's
+writable work dir ``/tmp/work``, ``Limits.read_only_paths`` / ``writable_paths`` bound at the same
+paths, and a clean environment. At ``Limits.timeout`` the whole group is killed (v2
+``cgroup.kill`` or v1 freezer + SIGKILL), children included.
+
+Network (``Limits.network``): ``"none"`` and ``"loopback"`` both give the call a private network
+namespace whose only interface is its own loopback (bubblewrap always brings ``lo`` up), so the
+call reaches no host and no outside address, only sockets it opened itself. An allow-list of
+``host:port`` needs a connect hook (eBPF ``cgroup/connect4``), which is not built yet: such a
+call is refused with ``denied`` rather than run with more (or less) network than it asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import ByteReceiveStream
+
+from agentrt.cgroups import CallGroup, CgroupDriver, SessionGroup, shim_argv
+from agentrt.errors import InvalidArguments, SandboxError, SandboxUnavailable
+from agentrt.sandbox._base import ExecTarget, Outcome, outcome_result
+from agentrt.sandbox._callable import WORKER_FILE, needed_paths, worker_request
+from agentrt.tools import Limits, Tool, ToolResult, ToolUsage
+
+__all__ = ["DeniedLimits", "NamespaceBackend", "NamespaceSandbox", "bwrap_argv"]
+
+#: Host directories replaced by an empty tmpfs inside the sandbox (secrets, sockets, homes).
+HIDDEN_DIRS = ("/root", "/home", "/run", "/var/tmp", "/tmp")
+#: Host files replaced by an empty file inside the sandbox.
+HIDDEN_FILES = ("/etc/shadow", "/etc/gshadow", "/etc/shadow-", "/etc/gshadow-", "/etc/sudoers")
+#: The call's writable work directory inside the sandbox (on the call's private tmpfs).
+WORKDIR = "/tmp/work"
+#: Environment of every sandboxed process (nothing else of the host's leaks in).
+CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORKDIR, "TMPDIR": "/tmp",
+             "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"}
+#: Bytes of stdout and of stderr kept per call (the rest is counted, not kept).
+OUTPUT_CAP = 1 << 20
+
+_driver: CgroupDriver | None = None
+
+
+class DeniedLimits(ValueError):
+    """The call's limits ask for what this backend cannot give (a ``denied`` result)."""
+
+
+def shared_driver() -> CgroupDriver:
+    """This process's one `CgroupDriver` (created, and stale groups reaped, on first use)."""
+    global _driver
+    if _driver is None:
+        _driver = CgroupDriver()
+    return _driver
+
+
+def _under(path: Path, dirs: Sequence[str]) -> bool:
+    s = str(path)
+    return any(s == d or s.startswith(d.rstrip("/") + "/") for d in dirs)
+
+
+def python_paths() -> list[Path]:
+    """Directories this Python needs (prefixes, sys.path) that lie under a hidden directory."""
+    cands = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent]
+    cands += [Path(p) for p in sys.path if p and os.path.isdir(p)]
+    out: list[Path] = []
+    for p in cands:
+        p = Path(os.path.abspath(p))
+        if _under(p, HIDDEN_DIRS) and not any(_under(p, [str(q)]) for q in out):
+            out = [q for q in out if not _under(q, [str(p)])] + [p]
+    return out
+
+
+def bwrap_argv(limits: Limits, argv: Sequence[str], *, extra_ro: Sequence[Path] = (),
+               workdir: Path | None = None, bwrap: str = "bwrap") -> list[str]:
+    """The bubblewrap command line for one call (see the module docstring for what it sets up).
+
+    Args:
+        limits: the call's limits (network, disk, read-only and writable paths).
+        argv: the command to run inside.
+        extra_ro: more host paths to show read-only (e.g. the Python the worker needs).
+        workdir: a host directory to bind read-write as the work dir instead of the private one.
+
+    Raises:
+        DeniedLimits: a read-only or writable path does not exist, or the network asks for
+            an allow-list (not supported yet; see the module docstring).
+    """
+    if isinstance(limits.network, tuple) and limits.network:
+        raise DeniedLimits(
+            f"network allow-list {list(limits.network)} is not supported by the namespace backend yet "
+            "(it needs the eBPF connect hook); use network='none' or 'loopback'")
+    cmd = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    for d in HIDDEN_DIRS:
+        if os.path.isdir(d) and not os.path.islink(d):
+            if d == "/tmp" and limits.disk is not None:
+                cmd += ["--size", str(limits.disk)]
+            cmd += ["--tmpfs", d]
+    for f in HIDDEN_FILES:
+        if os.path.isfile(f):
+            cmd += ["--ro-bind", "/dev/null", f]
+    for p in extra_ro:
+        cmd += ["--ro-bind", str(p), str(p)]
+    for p in limits.read_only_paths:
+        if not os.path.exists(p):
+            raise DeniedLimits(f"read-only path {p!r} does not exist")
+        q = os.path.abspath(p)
+        cmd += ["--ro-bind", q, q]
+    for p in limits.writable_paths:
+        if not os.path.exists(p):
+            raise DeniedLimits(f"writable path {p!r} does not exist")
+        q = os.path.abspath(p)
+        cmd += ["--bind", q, q]
+    if workdir is not None:
+        cmd += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
+    else:
+        cmd += ["--dir", WORKDIR, "--chdir", WORKDIR]
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net", "--unshare-cgroup-try",
+            "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL", "--"]
+    return cmd + list(argv)
+
+
+def _visible(paths: Sequence[Path]) -> list[Path]:
+    """Of ``paths``, those to bind read-only: under a hidden directory, never one itself."""
+    out: set[Path] = set()
+    for p in paths:
+        p = Path(os.path.abspath(p))
+        if p.exists() and _under(p, HIDDEN_DIRS) and str(p) not in HIDDEN_DIRS:
+            out.add(p)
+    # a path inside another one already bound adds nothing
+    return sorted(p for p in out if not any(q != p and _under(p, [str(q)]) for q in out))
+
+
+async def _pump(stream: ByteReceiveStream | None, buf: bytearray, cap: int) -> None:
+    if stream is None:
+        return
+    while True:
+        try:
+            chunk = await stream.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            return
+        if len(buf) < cap:
+            buf += chunk[: cap - len(buf)]
+
+
+async def _feed(proc: Any, data: bytes) -> None:
+    try:
+        await proc.stdin.send(data)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        pass  # the process exited (or closed stdin) before reading it all
+    finally:
+        await proc.stdin.aclose()
+
+
+async def run_in_group(call: CallGroup, argv: Sequence[str], limits: Limits, stdin: bytes | None,
+                       env: Mapping[str, str], cap: int = OUTPUT_CAP) -> Outcome:
+    """Spawn ``argv`` joined to ``call``'s cgroups (before exec), supervise it, read usage.
+
+    Kills the whole group at ``limits.timeout`` and on cancellation; the group is closed
+    (drained and removed) before returning. Never raises for the process's own failure.
+    """
+    out, err = bytearray(), bytearray()
+    timed_out = False
+    t0 = time.perf_counter()
+    proc = await anyio.open_process(shim_argv(call.procs_files, argv),
+                                    stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env),
+                                    start_new_session=True)
+    try:
+        with anyio.move_on_after(limits.timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_pump, proc.stdout, out, cap)
+                tg.start_soon(_pump, proc.stderr, err, cap)
+                if stdin is not None:
+                    tg.start_soon(_feed, proc, stdin)
+                await proc.wait()
+        if scope.cancelled_caught:
+            timed_out = True
+    finally:
+        with anyio.CancelScope(shield=True):
+            if proc.returncode is None:
+                call.kill()
+                with anyio.move_on_after(5):
+                    await proc.wait()
+            wall = time.perf_counter() - t0
+            await proc.aclose()
+            cu = call.usage()
+            await anyio.to_thread.run_sync(call.close)
+    rc = proc.returncode if proc.returncode is not None else -9
+    usage: dict[str, Any] = {
+        "cpu_seconds": cu.cpu_seconds, "memory_peak_bytes": cu.memory_peak_bytes,
+        "throttled_seconds": cu.throttled_seconds, "throttled_periods": cu.throttled_periods,
+        "nr_periods": cu.nr_periods, "oom_kills": cu.oom_kills, "pids_peak": cu.pids_peak,
+        "pids_max_hits": cu.pids_max_hits,
+    }
+    return Outcome(returncode=rc, stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
+                   wall_seconds=wall, timed_out=timed_out, oom_kills=cu.oom_kills, usage=usage)
+
+
+def answer_result(o: Outcome, limits: Limits, what: str) -> ToolResult:
+    """Map a worker's `Outcome` (its JSON answer on stdout) to the callable's `ToolResult`."""
+    answer: dict[str, Any] | None = None
+    for line in reversed(o.stdout.strip().splitlines()):
+        try:
+            answer = json.loads(line)
+            break
+        except ValueError:
+            continue
+    if o.oom_kills or o.timed_out or answer is None:
+        r = outcome_result(o, limits, value=None, raw_argv=False)
+        if r.ok:  # exited without an answer, not by a limit
+            tail = "\n".join(o.stderr.strip().splitlines()[-3:])
+            return ToolResult(ok=False, error_kind="tool_error", usage=r.usage,
+                              error=f"{what}: the sandbox worker gave no answer (exit status "
+                                    f"{o.returncode}): {tail or '(no stderr)'}")
+        return r
+    usage = outcome_result(o, limits, value=None, raw_argv=False).usage
+    usage = usage.model_copy(update={"stderr_tail": o.stderr[-2000:]} if o.stderr else {})
+    if answer.get("ok"):
+        return ToolResult(ok=True, value=answer.get("value"), usage=usage)
+    return ToolResult(ok=False, error_kind="tool_error", error=answer.get("error") or "failed", usage=usage)
+
+
+class NamespaceSandbox:
+    """One session's namespace sandbox: a session cgroup; each `exec` gets a call cgroup.
+
+    Attributes:
+        session: the session's cgroup (its calls are its children).
+        workdir: host directory bound as every call's work dir, or None for a private one per call.
+    """
+
+    def __init__(self, backend: NamespaceBackend, session: SessionGroup, workdir: Path | None) -> None:
+        self.backend = backend
+        self.session = session
+        self.workdir = workdir
+        self._closed = False
+        self.label: str | None = None
+
+    async def exec(self, target: ExecTarget, limits: Limits | None = None, stdin: bytes | None = None,
+                   *, args: Mapping[str, Any] | None = None) -> ToolResult:
+        """Run an argv, a `Tool` or a callable as one sandboxed call (see `Sandbox.exec`)."""
+        if self._closed:
+            raise SandboxError("this sandbox is closed")
+        if limits is None:
+            limits = target.limits if isinstance(target, Tool) else Limits()
+        is_argv = isinstance(target, (list, tuple))
+        name = target.name if isinstance(target, Tool) else (
+            str(target[0]) if is_argv and target else getattr(target, "__qualname__", "callable"))
+        try:
+            if is_argv:
+                if not target:
+                    raise InvalidArguments("empty command")
+                argv, extra, feed = [str(a) for a in target], [], stdin
+            else:
+                req = worker_request(target, args)  # type: ignore[arg-type]
+                extra = _visible(python_paths() + needed_paths(req) + [Path(WORKER_FILE).parent] + (
+                    [Path(req["file"])] if req.get("file") else []))
+                argv, feed = [sys.executable, "-s", WORKER_FILE], json.dumps(req).encode()
+            cmd = bwrap_argv(limits, argv, extra_ro=extra, workdir=self.workdir, bwrap=self.backend.bwrap)
+        except DeniedLimits as exc:
+            return ToolResult.failure("denied", f"{name}: {exc}", ToolUsage())
+        except InvalidArguments as exc:
+            return ToolResult.failure("invalid_args", str(exc), ToolUsage())
+        call = self.session.call(limits)
+        try:
+            o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV,
+                                   cap=OUTPUT_CAP if is_argv else 64 * OUTPUT_CAP)
+        finally:
+            if not call._closed:
+                call.close()
+        if is_argv:
+            return outcome_result(o, limits)
+        return answer_result(o, limits, name)
+
+    def close(self) -> None:
+        """Kill and remove whatever the session still holds. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self.session.close()
+
+    async def __aenter__(self) -> NamespaceSandbox:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class NamespaceBackend:
+    """``namespace`` backend: bubblewrap namespaces + per-call cgroups (the default on Linux).
+
+    Args:
+        workdir: a host directory every call of a session sees read-write as its work dir
+            (shared across calls); None gives each call its own private ``/tmp/work``.
+        driver: the cgroup driver; this process's shared one by default.
+
+    Raises:
+        SandboxUnavailable: bubblewrap is missing or cannot create namespaces, or cgroups
+            cannot be created (the message names the fix).
+    """
+
+    name = "namespace"
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, driver: CgroupDriver | None = None) -> None:
+        bwrap = shutil.which("bwrap")
+        if bwrap is None:
+            raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install -y bubblewrap")
+        self.bwrap = bwrap
+        self.driver = driver or shared_driver()
+        self.workdir = Path(workdir).resolve() if workdir is not None else None
+
+    def start(self, session: str | None = None) -> NamespaceSandbox:
+        """Open a session's sandbox (creates its session cgroup, ``session-<n>``).
+
+        ``session`` is a label for logs; cgroup names stay unique whatever it is.
+        """
+        sb = NamespaceSandbox(self, self.driver.session(), self.workdir)
+        sb.label = session
+        return sb
