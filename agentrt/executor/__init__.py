@@ -1,6 +1,7 @@
 """Executor: tasks and references, the task fetching unit (scheduler) and executor backends."""
 
 from agentrt.executor._backend import ExecutorBackend, LocalBackend
+from agentrt.executor._sandboxed import SandboxedBackend
 from agentrt.executor._scheduler import (
     Scheduler,
     SchedulerEvent,
@@ -15,7 +16,7 @@ from agentrt.executor._scheduler import (
 from agentrt.executor._task import REF_PATTERN, Ref, Task, TaskStatus, find_refs, resolve_refs
 
 __all__ = [
-    "REF_PATTERN", "ExecutorBackend", "LocalBackend", "Ref", "Scheduler", "SchedulerEvent", "Session",
+    "REF_PATTERN", "ExecutorBackend", "LocalBackend", "Ref", "SandboxedBackend", "Scheduler", "SchedulerEvent", "Session",
     "Task", "TaskFinished", "TaskSkipped", "TaskStarted", "TaskStatus", "TaskTiming", "critical_path",
     "find_refs", "makespan", "resolve_refs",
 ]
