@@ -1,7 +1,5 @@
-"""Built-in in-process tools: a safe calculator, file tools bound to root directories, SQLite.
-
-Tools that need a sandbox (python, shell, http_get) are not here: they run through
-``agentrt.sandbox``.
+"""Built-in tools: a safe calculator, file tools bound to root directories, SQLite (in-process);
+``python`` and ``shell`` (``runs_in="sandbox"``: only a sandbox executor backend runs them).
 """
 
 from __future__ import annotations
@@ -11,6 +9,7 @@ from collections.abc import Iterable
 
 from agentrt.tools import Tool
 from agentrt.tools.builtin._calculator import calculator, evaluate, normalize_expression
+from agentrt.tools.builtin._exec import python, shell
 from agentrt.tools.builtin._files import file_tools
 from agentrt.tools.builtin._sqlite import describe_schema, sqlite_schema_tool, sqlite_tool, sqlite_tools
 
@@ -21,6 +20,8 @@ __all__ = [
     "evaluate",
     "file_tools",
     "normalize_expression",
+    "python",
+    "shell",
     "sqlite_schema_tool",
     "sqlite_tool",
     "sqlite_tools",
