@@ -52,6 +52,8 @@ class Tool(BaseModel):
     fn: Callable[..., Any] | None = None
 
     _args_model: type[BaseModel] | None = PrivateAttr(default=None)
+    # for tools built from a JSON schema rather than a signature (MCP): raises InvalidArguments
+    _validator: Callable[[dict[str, Any]], dict[str, Any]] | None = PrivateAttr(default=None)
 
     def validate_args(self, args: dict[str, Any]) -> dict[str, Any]:
         """Validate (and coerce) ``args`` against the parameter schema.
@@ -64,7 +66,7 @@ class Tool(BaseModel):
         if not isinstance(args, dict):
             raise InvalidArguments(f"{self.name}: arguments must be an object, got {type(args).__name__}")
         if self._args_model is None:
-            return args
+            return self._validator(args) if self._validator is not None else args
         try:
             model = self._args_model.model_validate(args)
         except ValidationError as exc:
