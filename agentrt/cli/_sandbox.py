@@ -1,0 +1,157 @@
+"""`agentrt sandbox run`: run one command in a sandbox under limits; print its exit status and usage.
+
+The command's stdout and stderr are printed as it wrote them (after it ends; at most 1 MiB of
+each is kept), the usage summary goes to stderr (or, with ``--json``, one JSON object replaces
+both on stdout). Exit status: the command's own; otherwise
+
+- 124: killed at ``--timeout`` (as coreutils ``timeout``),
+- 137: killed by the OOM killer at ``--memory`` (128 + SIGKILL, as a shell reports it),
+- 128 + n: killed by signal n,
+- 125: the sandbox could not run it (a part is missing, or the limits were denied).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import anyio
+import typer
+from rich.console import Console
+
+from agentrt.cli._app import app
+from agentrt.errors import SandboxError
+from agentrt.sandbox import BACKENDS, EXIT_OOM, EXIT_TIMEOUT, get_backend
+from agentrt.tools import Limits, ToolResult
+
+#: Exit status when the sandbox itself could not run the command.
+EXIT_SANDBOX = 125
+
+sandbox_app = typer.Typer(name="sandbox", help="Run commands in a sandbox under per-call limits.",
+                          no_args_is_help=True)
+app.add_typer(sandbox_app)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def check_sandbox() -> tuple[str, str, str, str]:
+    """``agentrt doctor``'s line for the sandbox: one real call under limits, end to end.
+
+    Returns:
+        ``(name, status, detail, fix)``; status is ``ok`` or ``missing``.
+    """
+    from agentrt.cgroups import detect_layout
+
+    layout = detect_layout()
+    name = "sandbox (namespace)"
+    try:
+        be = get_backend("namespace")
+    except SandboxError as exc:
+        fix = "apt-get install -y bubblewrap" if "bubblewrap" in str(exc) else "run as root (see the cgroups line)"
+        return name, "missing", f"cannot start: {exc}", fix
+
+    async def probe() -> ToolResult:
+        sb = be.start("doctor")
+        try:
+            return await sb.exec(["sh", "-c", "echo $$"], Limits(memory="32M", cpu=0.5, pids=8, timeout=10))
+        finally:
+            sb.close()
+
+    r = anyio.run(probe)
+    if not r.ok:
+        return name, "missing", f"a test call failed: {r.error}", "agentrt sandbox run -- true   (shows the error)"
+    pid = (r.value or {}).get("stdout", "").strip()
+    return (name, "ok", f"a call ran as pid {pid} in its own pid namespace, {layout.kind} cgroups, "
+                        f"{r.usage.wall_seconds * 1000:.0f} ms end to end", "")
+
+
+def _mib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / 2**20:.1f} MiB"
+
+
+def _exit_code(r: ToolResult) -> int:
+    if r.error_kind == "timeout":
+        return EXIT_TIMEOUT
+    if r.error_kind == "oom":
+        return EXIT_OOM
+    if r.error_kind in ("denied", "invalid_args"):
+        return EXIT_SANDBOX
+    rc = r.usage.exit_status
+    if rc is None:
+        return EXIT_SANDBOX
+    return 128 - rc if rc < 0 else rc
+
+
+def _summary(r: ToolResult, code: int) -> str:
+    u = r.usage
+    extra = u.model_extra or {}
+    thr = extra.get("throttled_seconds")
+    parts = [f"exit {code}" + (f" ({r.error_kind})" if r.error_kind else ""),
+             f"wall {u.wall_seconds:.3f} s",
+             f"cpu {u.cpu_seconds:.3f} s" if u.cpu_seconds is not None else "cpu n/a",
+             f"peak {_mib(u.memory_peak_bytes)}",
+             f"throttled {thr:.3f} s in {extra.get('throttled_periods')} periods" if thr is not None
+             else "throttled n/a",
+             f"oom kills {extra.get('oom_kills', 'n/a')}",
+             f"pids peak {extra.get('pids_peak', 'n/a')}"]
+    return "sandbox: " + ", ".join(parts)
+
+
+@sandbox_app.command("run", context_settings={"allow_interspersed_args": False})
+def run_cmd(
+    cmd: list[str] = typer.Argument(..., metavar="-- CMD [ARGS]...", help="The command and its arguments."),
+    memory: str = typer.Option("512M", help="Memory limit (bytes, or 512M, 1G...): the OOM killer acts above it."),
+    burst: float = typer.Option(1.0, min=1.0, help="Hard limit = memory x burst; memory is the soft limit."),
+    cpus: float = typer.Option(1.0, min=0.01, help="CPU cores (fractional), as a CFS quota."),
+    pids: int = typer.Option(64, min=1, help="Most processes and threads at once (pids.max)."),
+    timeout: float = typer.Option(30.0, min=0.001, help="Seconds before the command and all its children are killed."),
+    network: str = typer.Option("none", help="none | loopback (a private loopback) | HOST:PORT[,HOST:PORT] (not supported yet)."),
+    backend: str = typer.Option("namespace", help=f"Sandbox backend: {' | '.join(BACKENDS)}."),
+    ro: list[str] = typer.Option([], "--ro", help="Host path visible read-only (repeatable)."),
+    rw: list[str] = typer.Option([], "--rw", help="Host path visible read-write (repeatable)."),
+    disk: str | None = typer.Option(None, help="Size of the private /tmp holding the work dir (e.g. 64M)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object (exit code, usage, output)."),
+) -> None:
+    """Run CMD in a sandbox; print its output, exit status and usage; exit with its status."""
+    net: str | tuple[str, ...] = network if network in ("none", "loopback") else tuple(
+        x.strip() for x in network.split(",") if x.strip())
+    try:
+        limits = Limits(memory=memory, memory_burst=burst, cpu=cpus, pids=pids, timeout=timeout,
+                        network=net, disk=disk, read_only_paths=tuple(ro), writable_paths=tuple(rw))
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    try:
+        be = get_backend(backend)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--backend") from None
+    except SandboxError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_SANDBOX) from None
+
+    async def go() -> ToolResult:
+        sb = be.start("cli")
+        try:
+            return await sb.exec(list(cmd), limits, stdin)
+        finally:
+            sb.close()
+
+    try:
+        r = anyio.run(go)
+    except SandboxError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(EXIT_SANDBOX) from None
+    code = _exit_code(r)
+    value = r.value if isinstance(r.value, dict) else {}
+    if as_json:
+        out = {"exit_code": code, "ok": r.ok, "error_kind": r.error_kind, "error": r.error,
+               "usage": r.usage.model_dump(), "stdout": value.get("stdout", ""), "stderr": value.get("stderr", ""),
+               "backend": backend, "limits": limits.model_dump(mode="json")}
+        sys.stdout.write(json.dumps(out) + "\n")
+    else:
+        sys.stdout.write(value.get("stdout", ""))
+        sys.stdout.flush()
+        sys.stderr.write(value.get("stderr", ""))
+        if r.error_kind in ("oom", "timeout", "denied", "invalid_args") or (r.error_kind == "killed"):
+            err.print(f"[red]{r.error_kind}:[/] {r.error}")
+        err.print(_summary(r, code))
+    raise typer.Exit(code)
