@@ -258,11 +258,17 @@ def check_rapl() -> Check:
                  "none on this host (needs bare metal: modprobe intel_rapl_common)")
 
 
+def check_sandbox() -> Check:
+    from agentrt.cli._sandbox import check_sandbox as probe
+
+    return Check(*probe())
+
+
 def run_checks(settings: Settings, *, engine: bool) -> list[Check]:
     """Every check, in table order."""
     checks: list[Check] = [check_model_parts(settings), check_model_file(settings),
                            check_engine(settings, start=engine)]
-    for probe in (check_bubblewrap, check_cgroups, check_bcc, check_kernel_headers,
+    for probe in (check_bubblewrap, check_cgroups, check_sandbox, check_bcc, check_kernel_headers,
                   check_container_engine, check_rapl):
         try:
             checks.append(probe())
