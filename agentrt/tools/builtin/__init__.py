@@ -1,5 +1,5 @@
-"""Built-in tools: a safe calculator, file tools bound to root directories, SQLite (in-process);
-``python`` and ``shell`` (``runs_in="sandbox"``: only a sandbox executor backend runs them).
+"""Built-in tools: a safe calculator, file tools bound to root directories, SQLite, ``http_get``
+to allow-listed hosts (in-process); ``python`` and ``shell`` (``runs_in="sandbox"``: only a sandbox executor backend runs them).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from agentrt.tools import Tool
 from agentrt.tools.builtin._calculator import calculator, evaluate, normalize_expression
 from agentrt.tools.builtin._exec import python, shell
 from agentrt.tools.builtin._files import file_tools
+from agentrt.tools.builtin._http import http_get_tool
 from agentrt.tools.builtin._sqlite import describe_schema, sqlite_schema_tool, sqlite_tool, sqlite_tools
 
 __all__ = [
@@ -19,6 +20,7 @@ __all__ = [
     "describe_schema",
     "evaluate",
     "file_tools",
+    "http_get_tool",
     "normalize_expression",
     "python",
     "shell",
