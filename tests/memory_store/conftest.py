@@ -1,0 +1,24 @@
+"""Fixtures for the memory store tests: real SQLite files in a temporary directory."""
+
+import numpy as np
+import pytest
+
+from agentrt.memory_store import HashingEmbedder, IndexParams, MemoryStore
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(7)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = MemoryStore(tmp_path / "m.db", embedder=HashingEmbedder())
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def ann_params() -> IndexParams:
+    """A small HNSW index (built once the store holds 300 events) so tests exercise the ANN path."""
+    return IndexParams(kind="hnsw_sq8", min_ann=300, buffer_max=100, hnsw_m=16, ef_search=64)
