@@ -127,7 +127,7 @@ def test_memory_below_the_limit_completes_with_its_peak(driver):
 
 def test_fork_bomb_stops_at_pids_max(driver):
     with driver.session() as s, s.call(CallLimits(pids=12)) as c:
-        r = subprocess.run(shim_argv(c.procs_files, ["/bin/sh", "-c", "for i in $(seq 60); do sleep 5 & done; wait"]),
+        r = subprocess.run(shim_argv(c.procs_files, ["/bin/sh", "-c", "for i in $(seq 60); do sleep 0.5 & done; wait"]),
                            capture_output=True, text=True, timeout=30)
         u = c.usage()
     assert r.returncode != 0 and "fork" in r.stderr.lower()
