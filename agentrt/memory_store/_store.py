@@ -881,6 +881,11 @@ class MemoryStore:
         return text if len(text) <= max_chars else text[:max_chars - 3] + "..."
 
     # ---- maintenance ------------------------------------------------------------------------------
+    def wait_for_index(self, timeout: float | None = None) -> None:
+        """Block until a background index build or compaction (if any) has finished."""
+        if self._compactor is not None:
+            self._compactor.join(timeout)
+
     def compact(self) -> dict:
         """Fold the exact buffer into the ANN index now (blocking) and publish its snapshot."""
         if self._compactor is not None:
