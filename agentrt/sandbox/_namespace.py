@@ -261,7 +261,8 @@ class NamespaceSandbox:
             if is_argv:
                 if not target:
                     raise InvalidArguments("empty command")
-                argv, extra, feed = [str(a) for a in target], [], stdin
+                # this Python stays runnable inside (its prefix may lie under a hidden /root)
+                argv, extra, feed = [str(a) for a in target], self.backend.python_ro, stdin
             else:
                 req = worker_request(target, args)  # type: ignore[arg-type]
                 extra = _visible(python_paths() + needed_paths(req) + [Path(WORKER_FILE).parent] + (
@@ -318,6 +319,7 @@ class NamespaceBackend:
         self.bwrap = bwrap
         self.driver = driver or shared_driver()
         self.workdir = Path(workdir).resolve() if workdir is not None else None
+        self.python_ro = _visible(python_paths())
 
     def start(self, session: str | None = None) -> NamespaceSandbox:
         """Open a session's sandbox (creates its session cgroup, ``session-<n>``).
