@@ -1,0 +1,64 @@
+"""`agentrt sandbox run` end to end, as an operator runs it (a real process, real sandbox)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+AGENTRT = str(Path(sys.executable).with_name("agentrt"))
+
+
+def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([AGENTRT, "sandbox", "run", *args], capture_output=True, text=True,
+                          input=stdin, timeout=120)
+
+
+@pytest.fixture(autouse=True)
+def _needs_sandbox(ns_backend):
+    return ns_backend
+
+
+def test_exit_status_and_output_pass_through():
+    r = run("--", "/bin/sh", "-c", "echo out; echo err >&2; exit 7")
+    assert r.returncode == 7
+    assert r.stdout == "out\n"
+    assert "err" in r.stderr and "sandbox: exit 7" in r.stderr and "peak" in r.stderr
+
+
+def test_json_reports_usage_and_oom_exit_code():
+    r = run("--memory", "32M", "--json", "--", sys.executable, "-c", "b = bytearray(128 * 2**20)")
+    assert r.returncode == 137
+    out = json.loads(r.stdout)
+    assert out["error_kind"] == "oom" and out["usage"]["oom_killed"]
+    assert out["usage"]["memory_peak_bytes"] <= 33 * 2**20
+
+
+def test_timeout_exit_code_and_stdin():
+    r = run("--timeout", "0.5", "--", "sleep", "30")
+    assert r.returncode == 124 and "timeout" in r.stderr
+    r = run("--", "cat", stdin="piped")
+    assert r.returncode == 0 and r.stdout == "piped"
+
+
+def test_cpu_throttling_is_printed():
+    r = run("--cpus", "0.2", "--json", "--", "timeout", "1", "/bin/sh", "-c", "while :; do :; done")
+    out = json.loads(r.stdout)
+    assert out["exit_code"] == 124  # coreutils timeout's own status, passed through
+    assert out["usage"]["throttled_periods"] > 0
+
+
+def test_rw_path_and_network_allow_list(tmp_path):
+    r = run("--rw", str(tmp_path), "--", "/bin/sh", "-c", f"echo kept > {tmp_path}/f")
+    assert r.returncode == 0 and (tmp_path / "f").read_text() == "kept\n"
+    r = run("--network", "127.0.0.1:8080", "--", "true")
+    assert r.returncode == 125 and "allow-list" in r.stderr
+
+
+def test_docker_backend_is_reported_clearly():
+    r = run("--backend", "docker", "--", "true")
+    if r.returncode == 125:
+        assert "docker" in r.stderr
