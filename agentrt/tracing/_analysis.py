@@ -136,20 +136,33 @@ def critical_path(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
 def assign_lanes(spans: Sequence[SpanRecord]) -> dict[str, int]:
     """Give every span a lane (0, 1, ...) so that spans on one lane never partly overlap.
 
-    On a lane, two spans are either disjoint in time or one contains the other (perfect nesting,
-    what Perfetto's JSON importer needs: perfetto.dev/docs/faq). A span goes on its parent's lane
-    when it nests there, else on the first lane where it nests or that is free, else a new lane —
-    greedy interval colouring, so concurrent tool calls get one lane each.
+    On a lane, two spans are either disjoint in time or one is an ancestor of the other and
+    contains it (perfect nesting, what Perfetto's JSON importer needs: perfetto.dev/docs/faq). A
+    span goes on its parent's lane when it nests there, else on the first free lane, else a new
+    lane (greedy interval colouring), so concurrent tool calls get one lane each and a short call
+    never looks like the child of a longer sibling.
     """
+    parent = {s.span_id: s.parent_id for s in spans}
     order = sorted(spans, key=lambda s: (s.start_ns, -s.end_ns))
     lanes: list[list[SpanRecord]] = []  # per lane: stack of open spans
     lane_of: dict[str, int] = {}
+
+    def is_ancestor(a: str, s: SpanRecord) -> bool:
+        p = s.parent_id
+        while p is not None:
+            if p == a:
+                return True
+            p = parent.get(p)
+        return False
 
     def fits(i: int, s: SpanRecord) -> bool:
         stack = lanes[i]
         while stack and stack[-1].end_ns <= s.start_ns:
             stack.pop()
-        return not stack or (stack[-1].start_ns <= s.start_ns and s.end_ns <= stack[-1].end_ns)
+        if not stack:
+            return True
+        top = stack[-1]
+        return top.start_ns <= s.start_ns and s.end_ns <= top.end_ns and is_ancestor(top.span_id, s)
 
     for s in order:
         choice = None
