@@ -223,8 +223,10 @@ def _by_name(spans: list[SpanRecord]) -> dict[str, dict[str, float]]:
 def _delta(a: float | None, b: float | None, fmt: str) -> str:
     if a is None or b is None:
         return "?"
-    d = b - a
-    return ("+" if d > 0 else "") + format(d, fmt)
+    text = format(b - a, fmt)
+    if float(text) == 0:
+        return format(0, fmt)
+    return ("+" if b > a else "") + text
 
 
 @trace_app.command("diff")
