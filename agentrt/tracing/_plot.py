@@ -51,8 +51,9 @@ def plot_timeline(spans: Sequence[SpanRecord], path: str | Path, *, title: str |
     crit = [s.span_id for s in critical_path(spans)]
     crit_set = set(crit)
     row = {s.span_id: i for i, s in enumerate(work)}
+    by_id = {s.span_id: s for s in work}
     fig_h = max(2.5, 0.35 * len(work) + 1.5)
-    fig, ax = plt.subplots(figsize=(11, fig_h))
+    fig, ax = plt.subplots(figsize=(12, fig_h))
     for s in work:
         x = (s.start_ns - t0) / 1e9
         w = max((s.end_ns - s.start_ns) / 1e9, 1e-4)
@@ -60,11 +61,11 @@ def plot_timeline(spans: Sequence[SpanRecord], path: str | Path, *, title: str |
         on = s.span_id in crit_set
         ax.barh(row[s.span_id], w, left=x, height=0.6, color=color, alpha=0.9 if on else 0.6,
                 edgecolor="#D62728" if on else "none", linewidth=2.0 if on else 0)
-        label = s.name if len(s.name) <= 40 else s.name[:37] + "..."
+        text = f" {w:.2f}s"
         tokens = s.attributes.get(sc.USAGE_OUTPUT_TOKENS)
         if tokens is not None:
-            label += f"  ({s.attributes.get(sc.USAGE_INPUT_TOKENS, 0)}+{tokens} tok)"
-        ax.text(x + w, row[s.span_id], " " + f"{w:.2f}s", va="center", fontsize=7)
+            text += f"  {s.attributes.get(sc.USAGE_INPUT_TOKENS, 0)}+{tokens} tok"
+        ax.text(x + w, row[s.span_id], text, va="center", fontsize=7)
         ax.set_yticks(range(len(work)))
     ax.set_yticklabels([(s.name if len(s.name) <= 40 else s.name[:37] + "...") for s in work], fontsize=8)
     by_task = {s.attributes[sc.TASK_ID]: s for s in work if isinstance(s.attributes.get(sc.TASK_ID), int)}
@@ -75,17 +76,17 @@ def plot_timeline(spans: Sequence[SpanRecord], path: str | Path, *, title: str |
                 ax.annotate("", xy=((s.start_ns - t0) / 1e9, row[s.span_id]),
                             xytext=((src.end_ns - t0) / 1e9, row[src.span_id]),
                             arrowprops={"arrowstyle": "->", "color": "#777777", "lw": 0.8})
-    pts = [((s.end_ns - t0) / 1e9, row[s.span_id]) for s in (next(w for w in work if w.span_id == c)
-                                                             for c in crit if c in row)]
-    if len(pts) > 1:
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], color="#D62728", lw=1, ls="--", alpha=0.7)
+    chain = [by_id[c] for c in crit if c in row]
+    for a, b in zip(chain, chain[1:]):  # the hand-over from one critical span to the next
+        ax.plot([(a.end_ns - t0) / 1e9, (b.start_ns - t0) / 1e9], [row[a.span_id], row[b.span_id]],
+                color="#D62728", lw=1.2, ls="--")
     ax.invert_yaxis()
     ax.set_xlabel("seconds since run start")
     ax.grid(axis="x", alpha=0.3)
     ops = sorted({s.operation for s in work})
     handles = [Patch(color=_COLORS.get(o, "#999999"), label=o or "span") for o in ops]
     handles.append(Patch(facecolor="white", edgecolor="#D62728", linewidth=2, label="critical path"))
-    ax.legend(handles=handles, loc="lower right", fontsize=8)
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     ax.set_title(title or (f"run {spans[0].run_id[:12]}: " + (root.name if root else "")), fontsize=10)
     fig.tight_layout()
     out = Path(path)
