@@ -16,9 +16,10 @@ Two layouts are driven (see `detect_layout`):
   reclaims otherwise (cgroup-v1 memory.txt, section 7). `CallGroup.soft_limit_enforced` says
   which one a call got. ``cpu.cfs_quota_us``/``cpu.cfs_period_us``, ``pids.max``; peak from
   ``memory.max_usage_in_bytes``; OOM kills from ``memory.oom_control``'s ``oom_kill`` counter
-  (``memory.failcnt`` counts limit hits, not kills, and stays 0 when a memsw limit is set); CPU
-  time from ``cpuacct.usage``. Each call also gets a v2 directory (no controllers) that gives
-  it an identity (its inode is the eBPF cgroup id), ``cgroup.kill`` and PSI files.
+  (``memory.failcnt`` counts limit hits, not kills, and stays 0 when a memsw limit is set).
+  Each call also gets a v2 directory (no controllers) that gives it an identity (its inode is
+  the eBPF cgroup id), CPU time (core ``cpu.stat`` ``usage_usec``), ``cgroup.kill`` and PSI
+  files; without a v2 tree, v1 ``cpuacct`` gives CPU time and v1 ``freezer`` a race-free kill.
 
 Liveness and reaping: the runtime id is ``<pid>-<start time in clock ticks>`` of the process
 that created the hierarchy (the pid file, encoded in the name). At start the driver removes every
@@ -172,7 +173,7 @@ def _kill_tree(dirs: list[Path], v2: Path | None, freezer: Path | None) -> None:
         except OSError:
             frozen = False
     for d in dirs:
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), reverse=True) + [d]:
+        for sub in _subdirs(d) + [d]:
             for pid in _procs(sub):
                 try:
                     os.kill(pid, signal.SIGKILL)
@@ -185,24 +186,41 @@ def _kill_tree(dirs: list[Path], v2: Path | None, freezer: Path | None) -> None:
             pass
 
 
+def _subdirs(d: Path) -> list[Path]:
+    """Every sub-group of ``d``, deepest first (cgroupfs holds many files: skip them cheaply)."""
+    out: list[Path] = []
+    try:
+        with os.scandir(d) as it:
+            children = [Path(e.path) for e in it if e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return out
+    for c in children:
+        out += _subdirs(c) + [c]
+    return out
+
+
 def _populated(dirs: list[Path], v2: Path | None) -> bool:
     if v2 is not None:
         ev = _keyed(_read(v2 / "cgroup.events"))
         if ev.get("populated", 0):
             return True
     for d in dirs:
-        if not d.exists():
-            continue
-        for sub in [d, *(p for p in d.rglob("*") if p.is_dir())]:
-            if _procs(sub):
-                return True
+        if _procs(d):
+            return True
+        if any(_procs(sub) for sub in _subdirs(d)):
+            return True
     return False
 
 
 def _rmdir_tree(d: Path, deadline: float) -> None:
-    if not d.exists():
+    try:  # the usual case: a call's group has no sub-groups
+        d.rmdir()
         return
-    for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+    except FileNotFoundError:
+        return
+    except OSError:
+        pass
+    for sub in _subdirs(d):
         _rmdir(sub, deadline)
     _rmdir(d, deadline)
 
@@ -458,6 +476,8 @@ def reap_stale(layout: CgroupLayout) -> list[str]:
         The runtime ids reaped.
     """
     bases = _bases(layout)
+    # every hierarchy an older version (or another layout choice) may have used
+    bases.update({c: d for c, d in layout.v1.items() if c in ("memory", "cpu", "cpuacct", "pids", "freezer")})
     stale: set[str] = set()
     for base in dict.fromkeys(bases.values()):
         try:
@@ -483,7 +503,10 @@ def _bases(layout: CgroupLayout) -> dict[str, Path]:
     if layout.kind == "v2":
         assert layout.v2 is not None
         return {"v2": layout.v2}
-    bases = {c: d for c, d in layout.v1.items() if c in ("memory", "cpu", "cpuacct", "pids", "freezer")}
+    # With a v2 tree, its directory gives CPU time (core cpu.stat) and cgroup.kill without any
+    # controller: cpuacct and freezer groups would only add a mkdir, a join and an rmdir per call.
+    wanted = ("memory", "cpu", "pids") if layout.v2 is not None else ("memory", "cpu", "cpuacct", "pids", "freezer")
+    bases = {c: d for c, d in layout.v1.items() if c in wanted}
     if layout.v2 is not None:
         bases["v2"] = layout.v2
     return bases

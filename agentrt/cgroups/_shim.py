@@ -11,8 +11,8 @@ files, then ``exec``\\ s ``ARGV``. A shell is used rather than ``python -m agent
 because it starts in about 1 ms where Python needs 15-20 ms (``benchmarks/sandbox.py`` measures
 both). If a write fails, the shim exits with `SHIM_JOIN_FAILED` before running anything.
 
-``python -m agentrt.cgroups._shim N FILE... ARGV...`` is the same in Python, kept for hosts
-without a POSIX shell and as the benchmark's point of comparison.
+``python .../agentrt/cgroups/_shim.py N FILE... ARGV...`` (`python_shim_argv`) is the same in
+Python, kept for hosts without a POSIX shell and as the benchmark's point of comparison.
 """
 
 from __future__ import annotations
@@ -48,7 +48,8 @@ def python_shim_argv(procs_files: Sequence[str | os.PathLike[str]], argv: Sequen
     """Like `shim_argv`, with this Python as the shim (slower start; see the module docstring)."""
     if not argv:
         raise ValueError("python_shim_argv: empty command")
-    return [sys.executable, "-m", "agentrt.cgroups._shim", str(len(procs_files)),
+    # by file, not ``-m``: ``-m`` would import the agentrt package first (~0.4 s)
+    return [sys.executable, "-s", os.path.abspath(__file__), str(len(procs_files)),
             *(os.fspath(p) for p in procs_files), *argv]
 
 

@@ -194,3 +194,19 @@ async def test_call_cancelled_from_outside_leaves_nothing(sandbox):
         await sandbox.exec(["/bin/sh", "-c", f"sleep {marker} & sleep {marker}"], Limits(timeout=60))
     assert _host_procs_with(f"sleep {marker}") == []
     assert not any(p.is_dir() for d in sandbox.session.dirs.values() for p in d.iterdir())
+
+
+async def test_process_killed_by_a_signal_is_reported_killed(sandbox):
+    r = await sandbox.exec(["/bin/sh", "-c", "kill -KILL $$"])
+    assert r.error_kind == "killed" and "signal 9" in r.error
+    assert not r.usage.oom_killed and not r.usage.timed_out
+
+
+async def test_clean_environment_and_private_workdir(sandbox, monkeypatch):
+    monkeypatch.setenv("AGENTRT_SECRET_TOKEN", "leak")
+    r = await sandbox.exec(["/bin/sh", "-c", "env; pwd; echo x > f && ls"])
+    out = r.value["stdout"]
+    assert "leak" not in out and "AGENTRT_SECRET_TOKEN" not in out
+    assert "/tmp/work" in out and "f" in out.split()
+    again = await sandbox.exec(["/bin/sh", "-c", "ls -A"])
+    assert again.value["stdout"] == ""  # each call starts with an empty work dir

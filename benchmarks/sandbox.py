@@ -1,0 +1,235 @@
+"""Sandbox benchmark: per-call overhead of each sandbox backend against a bare subprocess.
+
+Measured, alternating pair by pair in the same run (so load on this shared 2-core machine hits
+both sides alike):
+
+- ``bare``: ``/bin/true`` spawned with `anyio.open_process` (the same async path the backends use),
+  output read, exit awaited;
+- ``namespace``: the same ``/bin/true`` through `NamespaceBackend` (a call cgroup with memory, CPU
+  and pids limits, the join shim, bubblewrap with its namespaces and mounts, kill + drain + rmdir,
+  usage read back); overhead = namespace - bare, per pair, p50 and p99 in ms;
+- ``container``: slot for the Docker/Podman backend (``agentrt.sandbox._docker``), measured the
+  same way when that backend exists (exec per call in a session container);
+- the join shim: ``/bin/true`` in a fresh call cgroup via the ``/bin/sh`` shim vs the
+  Python shim (`python_shim_argv`, run by file) vs no cgroup at all (``subprocess.run``), p50 ms, and
+  the cgroup create + remove cost alone;
+- concurrency: N calls that each hold 8 MiB and sleep 1 s, started at once (N = 16, 64, 128, ...):
+  the largest N whose calls all completed with their own cgroup, and the wall time at each N.
+
+Target (issue 5): namespace p50 overhead <= 10 ms; container exec p50 overhead <= 150 ms.
+Run ``agentrt bench sandbox`` (writes results/sandbox.json).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+
+from agentrt.cgroups import CallLimits, python_shim_argv, shim_argv
+from agentrt.sandbox import NamespaceBackend, get_backend
+from agentrt.sandbox._namespace import shared_driver
+from agentrt.tools import Limits
+
+DEFAULTS: dict[str, Any] = {
+    "pairs": 200,  # alternating (bare, backend) pairs per backend
+    "warmup": 10,
+    "shim_pairs": 100,
+    "concurrency": [16, 64, 128, 256],
+    "hold_seconds": 1.0,
+}
+TRUE = "/bin/true"
+
+
+def _pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+
+
+def _stats(ms: list[float]) -> dict[str, float]:
+    return {"p50_ms": round(statistics.median(ms), 3), "p99_ms": round(_pct(ms, 0.99), 3),
+            "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
+
+
+async def _bare_true() -> None:
+    import subprocess as sp
+
+    proc = await anyio.open_process([TRUE], stdin=sp.DEVNULL, stdout=sp.PIPE, stderr=sp.PIPE,
+                                    start_new_session=True)
+    async with proc:
+        while True:
+            try:
+                await proc.stdout.receive()
+            except (anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        await proc.wait()
+
+
+async def _timed(fn: Callable[[], Awaitable[Any]]) -> float:
+    t0 = time.perf_counter()
+    await fn()
+    return (time.perf_counter() - t0) * 1000
+
+
+async def _overhead(backend_name: str, exec_true: Callable[[], Awaitable[Any]], cfg: dict[str, Any],
+                    progress: Callable[[str], None]) -> dict[str, Any]:
+    for _ in range(cfg["warmup"]):
+        await _bare_true()
+        await exec_true()
+    bare, sand, diff = [], [], []
+    for i in range(cfg["pairs"]):
+        if i % 2 == 0:
+            b = await _timed(_bare_true)
+            s = await _timed(exec_true)
+        else:
+            s = await _timed(exec_true)
+            b = await _timed(_bare_true)
+        bare.append(b)
+        sand.append(s)
+        diff.append(s - b)
+    progress(f"{backend_name}: p50 {statistics.median(sand):.2f} ms vs bare {statistics.median(bare):.2f} ms")
+    return {"bare": _stats(bare), backend_name: _stats(sand), "overhead": _stats(diff)}
+
+
+def _shim_costs(cfg: dict[str, Any]) -> dict[str, Any]:
+    driver = shared_driver()
+    sess = driver.session()
+    lim = CallLimits(memory_max=64 << 20, cpu=1.0, pids=16)
+    times: dict[str, list[float]] = {"no_cgroup": [], "sh_shim": [], "python_shim": [], "cgroup_create_remove": []}
+
+    def one(kind: str) -> float:
+        t0 = time.perf_counter()
+        if kind == "no_cgroup":
+            subprocess.run([TRUE], check=True)
+        elif kind == "cgroup_create_remove":
+            sess.call(lim).close()
+        else:
+            call = sess.call(lim)
+            argv = (shim_argv if kind == "sh_shim" else python_shim_argv)(call.procs_files, [TRUE])
+            subprocess.run(argv, check=True)
+            call.close()
+        return (time.perf_counter() - t0) * 1000
+
+    try:
+        kinds = list(times)
+        for i in range(cfg["shim_pairs"]):
+            for k in (kinds if i % 2 == 0 else kinds[::-1]):
+                times[k].append(one(k))
+    finally:
+        sess.close()
+    out = {k: _stats(v) for k, v in times.items()}
+    out["sh_shim_cost_p50_ms"] = round(out["sh_shim"]["p50_ms"] - out["no_cgroup"]["p50_ms"]
+                                       - out["cgroup_create_remove"]["p50_ms"], 3)
+    out["python_shim_cost_p50_ms"] = round(out["python_shim"]["p50_ms"] - out["no_cgroup"]["p50_ms"]
+                                           - out["cgroup_create_remove"]["p50_ms"], 3)
+    return out
+
+
+async def _concurrency(backend: NamespaceBackend, cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    hold = float(cfg["hold_seconds"])
+    code = f"import time; b = bytearray(8 << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep({hold})"
+    levels: list[dict[str, Any]] = []
+    sustained = 0
+    for n in cfg["concurrency"]:
+        sb = backend.start("bench-concurrency")
+        results: list[Any] = []
+
+        async def one() -> None:
+            results.append(await sb.exec([sys.executable, "-S", "-c", code],
+                                         Limits(memory="32M", memory_burst=1.0, cpu=0.5, pids=8, timeout=120)))
+
+        t0 = time.perf_counter()
+        try:
+            async with anyio.create_task_group() as tg:
+                for _ in range(n):
+                    tg.start_soon(one)
+        finally:
+            sb.close()
+        wall = time.perf_counter() - t0
+        ok = sum(1 for r in results if r.ok)
+        peaks = [r.usage.memory_peak_bytes for r in results if r.usage.memory_peak_bytes]
+        levels.append({"calls": n, "completed": ok, "wall_seconds": round(wall, 3),
+                       "median_call_peak_mib": round(statistics.median(peaks) / 2**20, 1) if peaks else None,
+                       "errors": sorted({r.error_kind for r in results if not r.ok})})
+        progress(f"concurrency {n}: {ok}/{n} completed in {wall:.2f} s")
+        if ok == n:
+            sustained = n
+        else:
+            break
+    return {"levels": levels, "sustained": sustained, "hold_seconds": hold}
+
+
+async def _bench(cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[str, Any]:
+    systems: dict[str, Any] = {}
+    ns = NamespaceBackend()
+    sb = ns.start("bench")
+    try:
+        systems["namespace"] = await _overhead("namespace", lambda: sb.exec([TRUE]), cfg, progress)
+    finally:
+        sb.close()
+    systems["shim"] = _shim_costs(cfg)
+    progress(f"shim: sh {systems['shim']['sh_shim_cost_p50_ms']} ms, python "
+             f"{systems['shim']['python_shim_cost_p50_ms']} ms per call")
+    # The container backend (another part of issue 5) plugs in here once agentrt.sandbox._docker exists.
+    container: dict[str, Any] = {"status": "not built yet: agentrt.sandbox._docker does not exist"}
+    if importlib.util.find_spec("agentrt.sandbox._docker") is not None:
+        try:
+            dk = get_backend("docker")
+            dsb = dk.start("bench")
+            try:
+                container = await _overhead("container", lambda: dsb.exec([TRUE]), cfg, progress)
+            finally:
+                dsb.close()
+        except Exception as exc:  # a missing engine is a result to record, not a crash
+            container = {"status": f"unavailable: {type(exc).__name__}: {exc}"}
+    systems["container"] = container
+    systems["concurrency"] = await _concurrency(ns, cfg, progress)
+
+    ns_over = systems["namespace"]["overhead"]["p50_ms"]
+    c_over = container.get("overhead", {}).get("p50_ms") if isinstance(container.get("overhead"), dict) else None
+    targets = [
+        {"name": "namespace_p50_overhead_ms", "value": ns_over, "goal": "<= 10", "met": ns_over <= 10},
+        {"name": "container_exec_p50_overhead_ms", "value": c_over, "goal": "<= 150",
+         "met": c_over is not None and c_over <= 150},
+    ]
+    notes = []
+    if c_over is None:
+        notes.append("container backend not built in this commit; its target stays unmet until it is")
+    return {"bench": "sandbox", "config": {k: v for k, v in cfg.items()}, "systems": systems,
+            "targets": targets, "notes": notes}
+
+
+def _config(config: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    cfg = dict(DEFAULTS)
+    for k, v in config.items():
+        if k in DEFAULTS and v is not None:
+            cfg[k] = json.loads(v) if isinstance(v, str) else v
+    if config.get("limit"):
+        cfg["pairs"] = int(config["limit"])
+        cfg["shim_pairs"] = int(config["limit"])
+    return cfg
+
+
+def run(config: dict[str, Any]) -> dict[str, Any]:
+    """Run the benchmark; ``config`` overrides `DEFAULTS` (values may be JSON strings).
+
+    Returns:
+        ``{"bench", "config", "systems", "targets", "notes"}`` (DESIGN.md's result format; the
+        caller adds commit, when and machine).
+    """
+    progress = config.get("progress") or (lambda msg: None)
+    return anyio.run(_bench, _config(config), progress)
+
+
+if __name__ == "__main__":
+    out = run({"progress": lambda m: print(m, flush=True), "limit": os.environ.get("LIMIT")})
+    print(out["targets"])
