@@ -50,7 +50,7 @@ TRUE = "/bin/true"
 
 def _pct(xs: list[float], q: float) -> float:
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(q * (len(s) - 1)))]
 
 
 def _stats(ms: list[float]) -> dict[str, float]:
@@ -141,7 +141,7 @@ async def _concurrency(backend: NamespaceBackend, cfg: dict[str, Any], progress:
         sb = backend.start("bench-concurrency")
         results: list[Any] = []
 
-        async def one() -> None:
+        async def one(sb: Any = sb, results: list[Any] = results) -> None:
             results.append(await sb.exec([sys.executable, "-S", "-c", code],
                                          Limits(memory="32M", memory_burst=1.0, cpu=0.5, pids=8, timeout=120)))
 

@@ -40,12 +40,20 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from agentrt.cgroups._layout import CgroupLayout, detect_layout
 from agentrt.errors import SandboxError, SandboxUnavailable
 
-__all__ = ["CallGroup", "CgroupDriver", "CgroupUsage", "CallLimits", "SessionGroup", "reap_stale",
-           "runtime_id"]
+__all__ = [
+    "CallGroup",
+    "CallLimits",
+    "CgroupDriver",
+    "CgroupUsage",
+    "SessionGroup",
+    "reap_stale",
+    "runtime_id",
+]
 
 log = logging.getLogger(__name__)
 
@@ -531,9 +539,9 @@ class CgroupDriver:
             groups (not root and no delegated subtree).
     """
 
-    _instances: list[CgroupDriver] = []
-    _registered = False
-    _seq = itertools.count(1)
+    _instances: ClassVar[list[CgroupDriver]] = []
+    _registered: ClassVar[bool] = False
+    _seq: ClassVar[itertools.count[int]] = itertools.count(1)
 
     def __init__(self, layout: CgroupLayout | None = None, *, reap: bool = True) -> None:
         self.layout = layout or detect_layout()
@@ -547,7 +555,7 @@ class CgroupDriver:
         self.reaped = reap_stale(self.layout) if reap else []
         bases = _bases(self.layout)
         self.dirs: dict[str, Path] = {c: b / f"agentrt-{self.runtime_id}" for c, b in bases.items()}
-        for c, d in self.dirs.items():
+        for d in self.dirs.values():
             try:
                 d.mkdir(exist_ok=True)
             except OSError as exc:

@@ -27,8 +27,8 @@ __all__ = ["SHIM_JOIN_FAILED", "python_shim_argv", "shim_argv"]
 #: Exit status of the shim when it could not join a cgroup (the command did not run).
 SHIM_JOIN_FAILED = 125
 
-_SCRIPT = ('n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit %d; shift; n=$((n-1)); done; '
-           'exec "$@"') % SHIM_JOIN_FAILED
+_SCRIPT = (f'n=$1; shift; while [ "$n" -gt 0 ]; do echo $$ > "$1" || exit {SHIM_JOIN_FAILED}; shift; '
+           'n=$((n-1)); done; exec "$@"')
 
 
 def shim_argv(procs_files: Sequence[str | os.PathLike[str]], argv: Sequence[str],

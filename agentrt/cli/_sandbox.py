@@ -60,8 +60,9 @@ def check_sandbox() -> tuple[str, str, str, str]:
     if not r.ok:
         return name, "missing", f"a test call failed: {r.error}", "agentrt sandbox run -- true   (shows the error)"
     pid = (r.value or {}).get("stdout", "").strip()
-    return (name, "ok", f"a call ran as pid {pid} in its own pid namespace, {layout.kind} cgroups, "
-                        f"{r.usage.wall_seconds * 1000:.0f} ms end to end", "")
+    detail = (f"a call ran as pid {pid} in its own pid namespace, {layout.kind} cgroups, "
+              f"{r.usage.wall_seconds * 1000:.0f} ms end to end")
+    return name, "ok", detail, ""
 
 
 def _mib(n: int | None) -> str:

@@ -7,16 +7,20 @@ passes: the tool's by default). In-process tools run in this process through `Lo
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
 
 from agentrt.executor._backend import ExecutorBackend, LocalBackend
+from agentrt.errors import SandboxUnavailable
 from agentrt.executor._task import Task
 from agentrt.sandbox import Sandbox, SandboxBackend, get_backend
 from agentrt.tools import Limits, Tool, ToolResult
 
-__all__ = ["SandboxedBackend"]
+__all__ = ["SandboxedBackend", "default_backend"]
+
+log = logging.getLogger(__name__)
 
 
 class SandboxedBackend:
@@ -73,3 +77,17 @@ class SandboxedBackend:
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()
+
+
+def default_backend(sandbox: str = "namespace") -> ExecutorBackend:
+    """The backend a run should use by default: `SandboxedBackend` where ``sandbox`` can run.
+
+    Where it cannot (no bubblewrap, no usable cgroups, not root), returns `LocalBackend` and logs
+    a warning naming what is missing: in-process tools still run, and sandbox tools are then
+    refused with ``denied`` rather than run unconfined.
+    """
+    try:
+        return SandboxedBackend(sandbox)
+    except SandboxUnavailable as exc:
+        log.warning("tool calls will not be sandboxed: %s", exc)
+        return LocalBackend()

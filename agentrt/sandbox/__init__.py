@@ -22,14 +22,33 @@ import importlib
 import importlib.util
 
 from agentrt.errors import SandboxUnavailable
-from agentrt.sandbox._base import EXIT_KILLED, EXIT_OOM, EXIT_TIMEOUT, ExecTarget, Outcome, Sandbox, SandboxBackend
+from agentrt.sandbox._base import (
+    EXIT_KILLED,
+    EXIT_OOM,
+    EXIT_TIMEOUT,
+    ExecTarget,
+    Outcome,
+    Sandbox,
+    SandboxBackend,
+)
 from agentrt.sandbox._namespace import NamespaceBackend, NamespaceSandbox, bwrap_argv
 from agentrt.sandbox._none import NoneBackend, NoneSandbox
 
 __all__ = [
-    "EXIT_KILLED", "EXIT_OOM", "EXIT_TIMEOUT", "BACKENDS", "ExecTarget", "NamespaceBackend",
-    "NamespaceSandbox", "NoneBackend", "NoneSandbox", "Outcome", "Sandbox", "SandboxBackend",
-    "bwrap_argv", "get_backend",
+    "BACKENDS",
+    "EXIT_KILLED",
+    "EXIT_OOM",
+    "EXIT_TIMEOUT",
+    "ExecTarget",
+    "NamespaceBackend",
+    "NamespaceSandbox",
+    "NoneBackend",
+    "NoneSandbox",
+    "Outcome",
+    "Sandbox",
+    "SandboxBackend",
+    "bwrap_argv",
+    "get_backend",
 ]
 
 BACKENDS = ("namespace", "docker", "none")

@@ -183,7 +183,7 @@ def test_process_joins_before_exec(driver):
 
 def test_stale_groups_of_a_dead_runtime_are_reaped(driver, tmp_path):
     """A runtime SIGKILLed with a call running leaves groups; the next driver's start reaps them."""
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import subprocess, sys, time
         from agentrt.cgroups import CgroupDriver, CallLimits, shim_argv, runtime_id
         d = CgroupDriver(reap=False)

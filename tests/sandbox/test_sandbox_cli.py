@@ -13,7 +13,7 @@ AGENTRT = str(Path(sys.executable).with_name("agentrt"))
 
 
 def run(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([AGENTRT, "sandbox", "run", *args], capture_output=True, text=True,
+    return subprocess.run([AGENTRT, "sandbox", "run", *args], check=False, capture_output=True, text=True,
                           input=stdin, timeout=120)
 
 

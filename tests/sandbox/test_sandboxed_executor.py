@@ -71,3 +71,11 @@ async def test_parallel_sandboxed_calls_overlap(backend):
     results = await Scheduler(reg, backend=backend).run(tasks)
     assert all(r.ok for r in results.values())
     assert anyio.current_time() - t0 < 1.4  # 4 x 0.4 s in sequence would take 1.6 s
+
+
+def test_default_backend_is_sandboxed_where_the_sandbox_runs(ns_backend):
+    from agentrt.executor import default_backend
+
+    be = default_backend()
+    assert isinstance(be, SandboxedBackend) and be.backend.name == "namespace"
+    be.close()
