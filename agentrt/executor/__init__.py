@@ -1,7 +1,7 @@
 """Executor: tasks and references, the task fetching unit (scheduler) and executor backends."""
 
 from agentrt.executor._backend import ExecutorBackend, LocalBackend
-from agentrt.executor._sandboxed import SandboxedBackend
+from agentrt.executor._sandboxed import SandboxedBackend, default_backend
 from agentrt.executor._scheduler import (
     Scheduler,
     SchedulerEvent,
@@ -18,5 +18,5 @@ from agentrt.executor._task import REF_PATTERN, Ref, Task, TaskStatus, find_refs
 __all__ = [
     "REF_PATTERN", "ExecutorBackend", "LocalBackend", "Ref", "SandboxedBackend", "Scheduler", "SchedulerEvent", "Session",
     "Task", "TaskFinished", "TaskSkipped", "TaskStarted", "TaskStatus", "TaskTiming", "critical_path",
-    "find_refs", "makespan", "resolve_refs",
+    "default_backend", "find_refs", "makespan", "resolve_refs",
 ]
