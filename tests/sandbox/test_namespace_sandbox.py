@@ -210,3 +210,28 @@ async def test_clean_environment_and_private_workdir(sandbox, monkeypatch):
     assert "/tmp/work" in out and "f" in out.split()
     again = await sandbox.exec(["/bin/sh", "-c", "ls -A"])
     assert again.value["stdout"] == ""  # each call starts with an empty work dir
+
+
+async def test_disk_limit_bounds_the_work_dir(sandbox):
+    r = await sandbox.exec(["/bin/sh", "-c", "dd if=/dev/zero of=big bs=1M count=8 2>&1; ls -l big"],
+                           Limits(disk="2M"))
+    assert "No space left" in r.value["stdout"]
+
+
+async def test_session_work_dir_is_shared_across_calls(tmp_path):
+    from agentrt.errors import SandboxUnavailable
+    from agentrt.sandbox import NamespaceBackend
+
+    try:
+        be = NamespaceBackend(workdir=tmp_path)
+    except SandboxUnavailable as exc:
+        pytest.skip(str(exc))
+    sb = be.start()
+    try:
+        first = await sb.exec(["/bin/sh", "-c", "pwd; echo from-call-1 > note.txt"])
+        second = await sb.exec(["cat", "note.txt"])
+    finally:
+        sb.close()
+    assert first.value["stdout"].strip() == str(tmp_path)
+    assert second.ok and second.value["stdout"] == "from-call-1\n"
+    assert (tmp_path / "note.txt").exists()
