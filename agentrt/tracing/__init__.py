@@ -48,7 +48,13 @@ import threading
 from typing import Any
 
 from agentrt.tracing import _semconv as semconv
-from agentrt.tracing._analysis import RunSummary, assign_lanes, children_of, critical_path, summarize
+from agentrt.tracing._analysis import (
+    RunSummary,
+    assign_lanes,
+    children_of,
+    critical_path,
+    summarize,
+)
 from agentrt.tracing._cost import Budget, Cost, Reservation, price, register_price
 from agentrt.tracing._energy import (
     CPU_TDP_TABLE,
@@ -74,7 +80,13 @@ from agentrt.tracing._export import (
     to_otlp_protobuf,
 )
 from agentrt.tracing._semconv import QUEUE_WAIT_SECONDS
-from agentrt.tracing._span import Span, SpanRecord, Tracer, current_span, monotonic_to_ns
+from agentrt.tracing._span import (
+    Span,
+    SpanRecord,
+    Tracer,
+    current_span,
+    monotonic_to_ns,
+)
 from agentrt.tracing._store import TraceStore, default_store_path
 
 __all__ = [

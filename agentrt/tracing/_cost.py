@@ -13,7 +13,7 @@ import threading
 import warnings
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Literal
+from typing import Literal, Self
 
 from agentrt.errors import ConfigError, UsageLimitExceeded
 
@@ -106,7 +106,7 @@ class Reservation:
     failed before using anything). Thread- and task-safe through the budget's lock.
     """
 
-    __slots__ = ("_budget", "usd", "tokens", "model", "provider", "local", "_done", "cost")
+    __slots__ = ("_budget", "_done", "cost", "local", "model", "provider", "tokens", "usd")
 
     def __init__(self, budget: Budget, usd: Decimal, tokens: int, model: str, provider: str | None,
                  local: bool) -> None:
@@ -143,7 +143,7 @@ class Reservation:
             self._budget._settle(self, Decimal(0), 0)
             self._done = True
 
-    def __enter__(self) -> Reservation:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -30,11 +30,22 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Self
 
 __all__ = [
-    "CPU_TDP_TABLE", "CpuPower", "Energy", "EnergyMeter", "JOULES_PER_OUTPUT_TOKEN",
-    "MEMORY_WATTS_PER_GB", "Rapl", "cgroup_cpu_seconds", "cpu_power", "energy_for_cpu_seconds",
-    "energy_for_tokens", "node_cpu_seconds", "process_cpu_seconds",
+    "CPU_TDP_TABLE",
+    "JOULES_PER_OUTPUT_TOKEN",
+    "MEMORY_WATTS_PER_GB",
+    "CpuPower",
+    "Energy",
+    "EnergyMeter",
+    "Rapl",
+    "cgroup_cpu_seconds",
+    "cpu_power",
+    "energy_for_cpu_seconds",
+    "energy_for_tokens",
+    "node_cpu_seconds",
+    "process_cpu_seconds",
 ]
 
 #: Memory power, W per GB of memory in use (CodeCarbon v2 methodology: 3 W per 8 GB).
@@ -258,7 +269,7 @@ class EnergyMeter:
             return cgroup_cpu_seconds(self.cgroup)
         return process_cpu_seconds(self.pid, children=True)
 
-    def __enter__(self) -> EnergyMeter:
+    def __enter__(self) -> Self:
         self._rapl_on = self.rapl.available
         if self._rapl_on:
             self._j0 = self.rapl.read_joules()

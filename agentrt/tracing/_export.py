@@ -22,7 +22,7 @@ from agentrt.tracing import _semconv as sc
 from agentrt.tracing._analysis import assign_lanes, critical_path
 from agentrt.tracing._span import SpanRecord
 
-__all__ = ["DEFAULT_OTLP_ENDPOINT", "to_chrome", "to_jsonl", "to_otlp_json", "to_otlp_protobuf", "export_otlp"]
+__all__ = ["DEFAULT_OTLP_ENDPOINT", "export_otlp", "to_chrome", "to_jsonl", "to_otlp_json", "to_otlp_protobuf"]
 
 DEFAULT_OTLP_ENDPOINT = "http://127.0.0.1:4318/v1/traces"
 _SERVICE = "agentrt"
@@ -133,7 +133,9 @@ def to_otlp_protobuf(spans: Sequence[SpanRecord]) -> bytes:
     """
     try:
         from google.protobuf.json_format import ParseDict
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
     except ModuleNotFoundError as exc:
         raise ModuleNotFoundError(f"OTLP protobuf export needs opentelemetry-proto ({exc}); "
                                   "install it with: pip install 'agentrt[trace]', or use protocol='http/json'") from None

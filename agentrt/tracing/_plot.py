@@ -5,6 +5,7 @@ Needs matplotlib (extra ``[trace]``); uses the non-interactive Agg backend.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def plot_timeline(spans: Sequence[SpanRecord], path: str | Path, *, title: str |
                             xytext=((src.end_ns - t0) / 1e9, row[src.span_id]),
                             arrowprops={"arrowstyle": "->", "color": "#777777", "lw": 0.8})
     chain = [by_id[c] for c in crit if c in row]
-    for a, b in zip(chain, chain[1:]):  # the hand-over from one critical span to the next
+    for a, b in itertools.pairwise(chain):  # the hand-over from one critical span to the next
         ax.plot([(a.end_ns - t0) / 1e9, (b.start_ns - t0) / 1e9], [row[a.span_id], row[b.span_id]],
                 color="#D62728", lw=1.2, ls="--")
     ax.invert_yaxis()

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Self
 
 from agentrt.tracing import _semconv as sc
 
@@ -60,8 +60,20 @@ class Span:
         links: span_ids this span depends on (DAG edges; exported as OTel span links).
     """
 
-    __slots__ = ("name", "operation", "trace_id", "span_id", "parent_id", "start_ns", "end_ns",
-                 "attributes", "status", "links", "_tracer", "_token")
+    __slots__ = (
+        "_token",
+        "_tracer",
+        "attributes",
+        "end_ns",
+        "links",
+        "name",
+        "operation",
+        "parent_id",
+        "span_id",
+        "start_ns",
+        "status",
+        "trace_id",
+    )
 
     def __init__(self, tracer: Tracer, name: str, operation: str, trace_id: int, parent_id: int | None,
                  attributes: dict[str, Any], start_ns: int) -> None:
@@ -139,7 +151,7 @@ class Span:
         self._tracer._sink(self)
 
     # -- context manager: becomes the current span in this context -------------------------------
-    def __enter__(self) -> Span:
+    def __enter__(self) -> Self:
         self._token = _current.set(self)
         return self
 
@@ -152,7 +164,7 @@ class Span:
             self.attributes[sc.ERROR_TYPE] = exc_type.__qualname__ if exc_type else "Exception"
         self.end()
 
-    async def __aenter__(self) -> Span:
+    async def __aenter__(self) -> Self:
         return self.__enter__()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: object) -> None:

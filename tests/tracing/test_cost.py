@@ -11,7 +11,8 @@ from _trace_runs import LLM_CALLS
 from genai_prices import Usage, calc_price
 
 from agentrt.errors import ConfigError, UsageLimitExceeded
-from agentrt.tracing import Budget, TraceStore, price, register_price, semconv as sc
+from agentrt.tracing import Budget, TraceStore, price, register_price
+from agentrt.tracing import semconv as sc
 
 
 def _genai(inp: int, cached: int, out: int) -> Decimal:

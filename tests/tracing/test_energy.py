@@ -20,6 +20,8 @@ from agentrt.tracing import (
     cpu_power,
     energy_for_cpu_seconds,
     process_cpu_seconds,
+)
+from agentrt.tracing import (
     semconv as sc,
 )
 

@@ -16,16 +16,17 @@ import pytest
 
 from agentrt.tracing import (
     SpanRecord,
-    TraceStore,
     assign_lanes,
     critical_path,
     export_otlp,
     plot_timeline,
-    semconv as sc,
     to_chrome,
     to_jsonl,
     to_otlp_json,
     to_otlp_protobuf,
+)
+from agentrt.tracing import (
+    semconv as sc,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -115,7 +116,9 @@ def test_plot_writes_a_png(filled_store, tmp_path: Path) -> None:
 
 def test_otlp_json_and_protobuf_encode_the_same_spans(filled_store) -> None:
     pytest.importorskip("opentelemetry.proto", reason="opentelemetry-proto is in the [trace] extra")
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
 
     store, ids = filled_store
     spans = store.spans(ids[0])

@@ -7,10 +7,10 @@ import threading
 
 import anyio
 import pytest
-
-from agentrt.tracing import TraceStore, Tracer, current_span, semconv as sc, summarize
-
 from _trace_runs import DAG, make_run
+
+from agentrt.tracing import Tracer, TraceStore, current_span, summarize
+from agentrt.tracing import semconv as sc
 
 
 def test_spans_form_a_tree_with_correct_timing_under_parallel_tasks(store: TraceStore) -> None:
@@ -85,10 +85,9 @@ def test_nesting_follows_each_task_and_a_thread_with_a_copied_context(store: Tra
 
 def test_an_exception_marks_the_span_as_error_and_still_records_it(store: TraceStore) -> None:
     tracer = store.tracer()
-    with pytest.raises(ValueError):
-        with tracer.run(agent="x") as run:
-            with tracer.span("boom", sc.EXECUTE_TOOL):
-                raise ValueError("no")
+    with pytest.raises(ValueError), tracer.run(agent="x") as run:
+        with tracer.span("boom", sc.EXECUTE_TOOL):
+            raise ValueError("no")
     assert store.flush()
     spans = {s.name: s for s in store.spans(run.run_id)}
     assert spans["boom"].status == "error" and spans["boom"].attributes[sc.ERROR_TYPE] == "ValueError"
@@ -111,8 +110,7 @@ def test_run_totals_are_the_sum_over_llm_calls(filled_store: tuple[TraceStore, l
 
 def test_disabled_tracer_records_nothing(store: TraceStore) -> None:
     tracer = Tracer(store.submit, enabled=False)
-    with tracer.run(agent="off"):
-        with tracer.span("x"):
-            pass
+    with tracer.run(agent="off"), tracer.span("x"):
+        pass
     assert store.flush()
     assert store.count_runs() == 0
