@@ -42,7 +42,7 @@ DEFAULTS: dict[str, Any] = {
     "pairs": 200,  # alternating (bare, backend) pairs per backend
     "warmup": 10,
     "shim_pairs": 100,
-    "concurrency": [16, 64, 128, 256],
+    "concurrency": [16, 64, 128],
     "hold_seconds": 1.0,
 }
 TRUE = "/bin/true"

@@ -234,3 +234,26 @@ def test_pid_file_name_is_pid_and_start_time():
     rid = runtime_id()
     pid, start = rid.split("-")
     assert int(pid) == os.getpid() and int(start) > 0
+
+
+def test_not_root_gets_a_capability_error_naming_the_fix():
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user")
+    script = textwrap.dedent("""
+        import os
+        from agentrt.cgroups import CgroupDriver, detect_layout
+        from agentrt.errors import SandboxUnavailable
+        layout = detect_layout()
+        os.setgid(65534); os.setuid(65534)
+        try:
+            CgroupDriver(layout, reap=False)
+        except SandboxUnavailable as exc:
+            print("unavailable:", exc)
+        else:
+            print("created")
+    """)
+    r = subprocess.run([PY, "-c", script], capture_output=True, text=True, timeout=60, check=False)
+    if detect_layout().kind == "none":
+        pytest.skip("no cgroup layout on this host")
+    assert r.stdout.startswith("unavailable:"), r.stdout + r.stderr
+    assert "root" in r.stdout and "Delegate" in r.stdout
