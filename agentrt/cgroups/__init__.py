@@ -11,7 +11,8 @@ Public API (see each object's docstring for units, files and errors):
   `agentrt.tools.Limits`: hard = memory x memory_burst, soft = memory, CPU quota = cpu cores,
   pids.max = pids). ``driver.close()`` / ``session.close()`` / ``call.close()`` kill, drain and
   remove (also at interpreter exit).
-- `CallGroup`: ``procs_files`` (to join), ``pids()``, ``usage() -> CgroupUsage``
+- `CallGroup`: ``procs_files`` (to join), ``pids()``, ``memory_current()`` (bytes now),
+  ``update(limits)`` (rewrite a live call's limits), ``usage() -> CgroupUsage``
   (memory_peak_bytes, cpu_seconds, nr_periods, throttled_periods, throttled_seconds, oom_kills,
   pids_peak, pids_max_hits), ``kill()``, ``populated()``, ``close()``, ``v2_dir`` and
   ``cgroup_id`` (the v2 inode, = ``bpf_get_current_cgroup_id()``), ``soft_limit_enforced``.

@@ -326,9 +326,14 @@ class CallGroup:
             return
         mem = d["memory"]
         if lim.memory_max is not None:
-            _write(mem / "memory.limit_in_bytes", str(lim.memory_max))
-            if (mem / "memory.memsw.limit_in_bytes").exists():
-                _write(mem / "memory.memsw.limit_in_bytes", str(lim.memory_max))
+            memsw = mem / "memory.memsw.limit_in_bytes"
+            # v1 requires memory.limit <= memsw.limit at every step: raise memsw first, lower it last
+            cur = _read(mem / "memory.limit_in_bytes")
+            raising = cur is not None and cur.strip().isdigit() and lim.memory_max > int(cur)
+            order = [memsw, mem / "memory.limit_in_bytes"] if raising else [mem / "memory.limit_in_bytes", memsw]
+            for f in order:
+                if f != memsw or memsw.exists():
+                    _write(f, str(lim.memory_max))
         if lim.memory_high is not None:
             _write(mem / "memory.soft_limit_in_bytes", str(lim.memory_high))
         if lim.cpu is not None:
@@ -351,6 +356,29 @@ class CallGroup:
     def cgroup_id(self) -> int | None:
         """The v2 cgroup id (inode of `v2_dir`), as ``bpf_get_current_cgroup_id()`` returns it."""
         return self.v2_dir.stat().st_ino if self.v2_dir is not None else None
+
+    def update(self, limits: CallLimits | object) -> None:
+        """Rewrite the limits of a live call (e.g. let it burst, or hold it to its intent).
+
+        Fields that are None are left as they are.
+
+        Raises:
+            SandboxError: a limit could not be written (e.g. a memory limit below current usage
+                that the kernel cannot reclaim to: v1 answers EBUSY).
+        """
+        lim = limits if isinstance(limits, CallLimits) else CallLimits.from_limits(limits)
+        self._apply(lim)
+        self.limits = CallLimits(*(new if new is not None else old for new, old in
+                                   zip((lim.memory_max, lim.memory_high, lim.cpu, lim.pids),
+                                       (self.limits.memory_max, self.limits.memory_high, self.limits.cpu,
+                                        self.limits.pids), strict=True)))
+
+    def memory_current(self) -> int | None:
+        """Memory charged to the call now, bytes (``memory.current`` / ``memory.usage_in_bytes``)."""
+        f = (self.dirs["v2"] / "memory.current" if self.session.driver.layout.kind == "v2"
+             else self.dirs["memory"] / "memory.usage_in_bytes")
+        text = _read(f)
+        return int(text) if text and text.strip().isdigit() else None
 
     def pids(self) -> list[int]:
         """Host pids of the processes in the call now (from the first hierarchy)."""

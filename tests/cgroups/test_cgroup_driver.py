@@ -257,3 +257,17 @@ def test_not_root_gets_a_capability_error_naming_the_fix():
         pytest.skip("no cgroup layout on this host")
     assert r.stdout.startswith("unavailable:"), r.stdout + r.stderr
     assert "root" in r.stdout and "Delegate" in r.stdout
+
+
+def test_a_live_call_can_be_given_more_memory(driver):
+    """Raising the hard limit of a running call lets it finish what would have been OOM-killed."""
+    with driver.session() as s, s.call(CallLimits(memory_max=32 * MiB, pids=8)) as c:
+        code = ("import sys, time\nsys.stdin.readline()\n"
+                "b = bytearray(64 * 2**20); b[::4096] = b'x' * len(b[::4096])\nprint('done')")
+        p = subprocess.Popen(shim_argv(c.procs_files, [PY, "-c", code]), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        c.update(CallLimits(memory_max=128 * MiB))
+        assert c.limits.memory_max == 128 * MiB and c.limits.pids == 8
+        out, _ = p.communicate("go\n", timeout=30)
+        assert p.returncode == 0 and out.strip() == "done"
+        assert c.usage().oom_kills == 0 and c.memory_current() is not None
