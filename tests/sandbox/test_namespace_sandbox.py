@@ -57,7 +57,7 @@ async def test_fork_bomb_stops_at_pids_max(sandbox):
 async def test_cpu_spinner_is_throttled_to_its_quota(sandbox):
     r = await sandbox.exec(["timeout", "1", "/bin/sh", "-c", "while :; do :; done"], Limits(cpu=0.25))
     ratio = r.usage.cpu_seconds / r.usage.wall_seconds
-    assert 0.1 <= ratio <= 0.4, (r.usage.cpu_seconds, r.usage.wall_seconds)
+    assert 0.03 <= ratio <= 0.4, (r.usage.cpu_seconds, r.usage.wall_seconds)  # low end: a busy host
     assert r.usage.model_extra["throttled_periods"] > 0 and r.usage.model_extra["throttled_seconds"] > 0
 
 

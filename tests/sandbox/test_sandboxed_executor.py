@@ -70,7 +70,7 @@ async def test_parallel_sandboxed_calls_overlap(backend):
     t0 = anyio.current_time()
     results = await Scheduler(reg, backend=backend).run(tasks)
     assert all(r.ok for r in results.values())
-    assert anyio.current_time() - t0 < 1.4  # 4 x 0.4 s in sequence would take 1.6 s
+    assert anyio.current_time() - t0 < 1.55  # 4 x 0.4 s in sequence would take over 1.6 s
 
 
 def test_default_backend_is_sandboxed_where_the_sandbox_runs(ns_backend):
