@@ -13,6 +13,7 @@ last, each step goes to the span that made the current one wait:
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -106,6 +107,19 @@ def critical_path(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
         tid = s.attributes.get(sc.TASK_ID)
         if isinstance(tid, int) and (tid not in by_task or s.end_ns > by_task[tid].end_ns):
             by_task[tid] = s  # a retried task: its last attempt
+    # spans by end time, for "the latest one that ended before t" lookups (O(log n) + skips)
+    all_by_end = sorted(work.values(), key=lambda s: s.end_ns)
+    plain_by_end = [s for s in all_by_end if sc.TASK_DEPS not in s.attributes]
+    all_ends = [s.end_ns for s in all_by_end]
+    plain_ends = [s.end_ns for s in plain_by_end]
+
+    def latest_before(t: int, plain: bool, seen: set[str]) -> SpanRecord | None:
+        spans, ends = (plain_by_end, plain_ends) if plain else (all_by_end, all_ends)
+        i = bisect.bisect_right(ends, t) - 1
+        while i >= 0 and spans[i].span_id in seen:
+            i -= 1
+        return spans[i] if i >= 0 else None
+
     cur = max(work.values(), key=lambda s: (s.end_ns, s.start_ns))
     path = [cur]
     seen = {cur.span_id}
@@ -116,13 +130,9 @@ def critical_path(spans: Sequence[SpanRecord]) -> list[SpanRecord]:
         if deps:
             pred = max(deps, key=lambda s: s.end_ns)
         else:
-            cands = [w for w in work.values() if w.span_id not in seen and w.end_ns <= cur.start_ns + _EPS_NS
-                     and not (is_task and sc.TASK_DEPS in w.attributes)]
-            if cands:
-                pred = max(cands, key=lambda s: s.end_ns)
-            elif is_task:  # produced by a plan still streaming when the task started
-                running = [w for w in work.values() if w.span_id not in seen and sc.TASK_DEPS not in w.attributes
-                           and w.start_ns <= cur.start_ns < w.end_ns]
+            pred = latest_before(cur.start_ns + _EPS_NS, is_task, seen)
+            if pred is None and is_task:  # produced by a plan still streaming when the task started
+                running = [w for w in plain_by_end if w.span_id not in seen and w.start_ns <= cur.start_ns < w.end_ns]
                 pred = max(running, key=lambda s: s.start_ns) if running else None
         if pred is None or pred.span_id in seen:
             break
