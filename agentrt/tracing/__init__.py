@@ -6,36 +6,44 @@ Layer 1: imports only `agentrt.errors`, `agentrt.config` and libraries.
 How to instrument (a few lines per place; spans nest through contextvars, so anyio tasks and
 threads run with a copied context inherit the current span)::
 
-    from agentrt.tracing import get_tracer, Budget, EnergyMeter, monotonic_to_ns
+    from agentrt.tracing import (Budget, EnergyMeter, QUEUE_WAIT_SECONDS, get_tracer,
+                                 monotonic_to_ns, record_tool_result)
 
     tracer = get_tracer()                         # writes to <data_dir>/traces.sqlite
 
     # 1. Agent.run: one invoke_agent span per run (its trace id is the run id)
     with tracer.run(agent="agentrt", question=question) as run_span:
-        ...                                       # everything below happens inside
+        ...                                       # planner, scheduler, joiner inside
 
-    # 2. each planner / joiner LLM call: a chat span with usage (cost is computed when written);
-    #    with a budget, reserve the worst case before sending and settle after
-    with tracer.chat(model, provider=None, max_tokens=max_tokens) as span:
+    # 2. each planner / joiner LLM call: a chat span with usage (priced when the store writes
+    #    it); with a Budget, reserve the worst case before sending and settle afterwards
+    with tracer.chat(model, max_tokens=max_tokens) as span:           # local=True for the engine
         with budget.reserve(model, prompt_tokens=n_prompt, max_tokens=max_tokens) as hold:
-            with EnergyMeter(pid=engine_pid) as meter:    # local engine only
+            with EnergyMeter(pid=engine_pid) as meter:                 # local engine only
                 completion = await llm.complete(...)
+            u = completion.usage
             hold.settle(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                         cached_input_tokens=u.cached_tokens)
         span.record_usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens,
                           cached_input_tokens=u.cached_tokens)
-        span.record_energy(meter.energy.joules, meter.energy.method)
+        span.record_energy(meter.energy.joules, meter.energy.method)   # local engine only
 
-    # 3. scheduler events -> execute_tool spans (parent: the run span, captured beforehand)
+    # 3. Scheduler(on_event=...): execute_tool spans from the scheduler's events
+    tool_spans = {}
     def on_event(ev):
         if isinstance(ev, TaskStarted):
-            spans[ev.task.id] = tracer.tool(ev.task.tool, task_id=ev.task.id, deps=ev.task.deps,
-                                            parent=run_span, start_ns=monotonic_to_ns(ev.at),
-                                            call_id=str(ev.task.id))
-            spans[ev.task.id].set(QUEUE_WAIT_SECONDS, ev.at - ev.ready_at)
-        elif isinstance(ev, TaskFinished) and ev.task.id in spans:
-            record_tool_result(spans.pop(ev.task.id), ev.result.usage, ok=ev.result.ok)
-            ...end_ns=monotonic_to_ns(ev.at)
+            sp = tracer.tool(ev.task.tool, task_id=ev.task.id, deps=ev.task.deps,
+                             call_id=str(ev.task.id), parent=run_span,
+                             start_ns=monotonic_to_ns(ev.at))
+            sp.set(QUEUE_WAIT_SECONDS, ev.at - ev.ready_at)            # admission wait
+            tool_spans[ev.task.id] = sp
+        elif isinstance(ev, TaskFinished) and ev.task.id in tool_spans:
+            record_tool_result(tool_spans.pop(ev.task.id), ev.result.usage, ok=ev.result.ok,
+                               error_kind=ev.result.error_kind, end_ns=monotonic_to_ns(ev.at))
+
+`record_tool_result` copies wall/CPU seconds, peak memory, exit status, OOM/timeout flags onto
+the span and adds an ``estimated:cpu-tdp`` energy figure from the CPU seconds. A sandbox exec or a
+memory operation is ``with tracer.span(name, semconv.SANDBOX_EXEC | semconv.SEARCH_MEMORY)``.
 
 Remote inference spans without energy get a per-token estimate and every inference span with
 usage is priced when the store writes it. `agentrt trace ls/show/plot/export/diff/tail/cost` read
@@ -131,7 +139,7 @@ def set_tracer(tracer: Tracer | None) -> None:
         _tracer = tracer
 
 
-def record_tool_result(span: Span, usage: Any, *, ok: bool = True, error_kind: str | None = None,
+def record_tool_result(span: Span, usage: Any, *, ok: bool = True, error_kind: Any = None,
                        end_ns: int | None = None) -> None:
     """Copy a `ToolUsage` (duck-typed: wall_seconds, cpu_seconds, memory_peak_bytes, exit_status,
     oom_killed, timed_out) onto a tool span, add its ``estimated:cpu-tdp`` energy when CPU seconds
@@ -156,7 +164,7 @@ def record_tool_result(span: Span, usage: Any, *, ok: bool = True, error_kind: s
         span.record_energy(e.joules, e.method)
     if not ok:
         span.status = "error"
-        a[semconv.ERROR_TYPE] = error_kind or "tool_error"
+        a[semconv.ERROR_TYPE] = str(getattr(error_kind, "value", error_kind) or "tool_error")
     span.end(end_ns)
 
 
