@@ -71,6 +71,7 @@ from agentrt.tracing._energy import (
     CpuPower,
     Energy,
     EnergyMeter,
+    Nvml,
     Rapl,
     cgroup_cpu_seconds,
     cpu_power,
@@ -99,7 +100,7 @@ from agentrt.tracing._store import TraceStore, default_store_path
 
 __all__ = [
     "CPU_TDP_TABLE", "DEFAULT_OTLP_ENDPOINT", "JOULES_PER_OUTPUT_TOKEN", "MEMORY_WATTS_PER_GB",
-    "QUEUE_WAIT_SECONDS", "Budget", "Cost", "CpuPower", "Energy", "EnergyMeter", "Rapl", "Reservation",
+    "QUEUE_WAIT_SECONDS", "Budget", "Cost", "CpuPower", "Energy", "EnergyMeter", "Nvml", "Rapl", "Reservation",
     "RunSummary", "Span", "SpanRecord", "TraceStore", "Tracer", "assign_lanes", "cgroup_cpu_seconds",
     "children_of", "cpu_power", "critical_path", "current_span", "default_store_path", "energy_for_cpu_seconds",
     "energy_for_tokens", "export_otlp", "get_store", "get_tracer", "monotonic_to_ns", "node_cpu_seconds",

@@ -12,6 +12,11 @@ Methods, in order of preference (each `Energy` says which one produced it):
   An unknown model uses 4 W per thread, CodeCarbon's default for a CPU it does not know (mlco2/
   codecarbon ``docs/explanation/methodology.md``; it logged exactly that on these machines).
   Memory: 0.375 W per GB, CodeCarbon v2's "3 W per 8 GB".
+- GPU: NVML's ``nvmlDeviceGetTotalEnergyConsumption`` (mJ since the driver loaded; Volta and
+  newer), through ``nvidia-ml-py`` (extra ``[gpu]``), when `EnergyMeter` is given ``gpu=True``
+  and a GPU is present. It counts the whole device (as CodeCarbon and Zeus do), so a GPU shared
+  by other work over-attributes. The method then gets ``+gpu-nvml`` (e.g.
+  ``estimated:cpu-tdp+gpu-nvml``: CPU estimated, GPU measured); with RAPL too it stays ``measured``.
 - ``estimated:tokens``: remote models, per output token: 0.3 Wh for a typical GPT-4o query of about
   500 output tokens (Epoch AI, J. You, "How much energy does ChatGPT use?", Feb 2025) =
   0.6 mWh = 2.16 J per output token. A rough prior with a wide error (the notes cite 0.24 Wh for a
@@ -78,7 +83,7 @@ class Energy:
     Attributes:
         joules: total energy, J.
         method: ``measured`` or ``estimated:<model>`` (``cpu-tdp``, ``tokens``).
-        cpu_joules, memory_joules: the parts (estimates), J.
+        cpu_joules, memory_joules, gpu_joules: the parts, J.
         cpu_seconds, wall_seconds: the inputs it was computed from (None if not used).
     """
 
@@ -88,6 +93,7 @@ class Energy:
     memory_joules: float = 0.0
     cpu_seconds: float | None = None
     wall_seconds: float | None = None
+    gpu_joules: float = 0.0
 
     @property
     def wh(self) -> float:
@@ -240,6 +246,60 @@ class Rapl:
         return self._total_uj / 1e6
 
 
+class Nvml:
+    """Energy counters of NVIDIA GPUs through NVML (``pip install 'agentrt[gpu]'``).
+
+    Args:
+        indices: GPU indices to count; default all.
+
+    `available` is False (and `reason` says why) without nvidia-ml-py, without a GPU or driver,
+    or on GPUs older than Volta (no total-energy counter).
+    """
+
+    def __init__(self, indices: list[int] | None = None) -> None:
+        self.reason = ""
+        self._handles: list[object] = []
+        self.names: list[str] = []
+        try:
+            import pynvml
+        except ModuleNotFoundError:
+            self.reason = "nvidia-ml-py is not installed (pip install 'agentrt[gpu]')"
+            return
+        self._nvml = pynvml
+        try:
+            pynvml.nvmlInit()
+            count = pynvml.nvmlDeviceGetCount()
+            for i in (range(count) if indices is None else indices):
+                h = pynvml.nvmlDeviceGetHandleByIndex(i)
+                pynvml.nvmlDeviceGetTotalEnergyConsumption(h)  # raises NotSupported before Volta
+                self._handles.append(h)
+                name = pynvml.nvmlDeviceGetName(h)
+                self.names.append(name.decode() if isinstance(name, bytes) else str(name))
+        except pynvml.NVMLError as exc:
+            self.reason = f"NVML: {exc}"
+            self._handles = []
+        if not self._handles and not self.reason:
+            self.reason = "no NVIDIA GPU found"
+
+    @property
+    def available(self) -> bool:
+        return bool(self._handles)
+
+    def read_joules(self) -> float:
+        """Total energy of the counted GPUs since the driver loaded, J.
+
+        Raises:
+            FileNotFoundError: NVML is not usable here (the message says why).
+        """
+        if not self._handles:
+            raise FileNotFoundError(f"no GPU energy counter: {self.reason}")
+        return sum(self._nvml.nvmlDeviceGetTotalEnergyConsumption(h) for h in self._handles) / 1e3
+
+    def power_watts(self) -> float:
+        """Current power draw of the counted GPUs, W (nvmlDeviceGetPowerUsage)."""
+        return sum(self._nvml.nvmlDeviceGetPowerUsage(h) for h in self._handles) / 1e3
+
+
 class EnergyMeter:
     """Measure (or estimate) the energy of a block of work done by a process or a cgroup.
 
@@ -252,14 +312,16 @@ class EnergyMeter:
         cgroup: cgroup directory whose CPU time counts (takes precedence over pid).
         memory_bytes: memory held during the block (adds the memory term of the estimate).
         rapl: a `Rapl` to use; default one on ``/sys/class/powercap``.
+        gpu: also count GPU energy through NVML: True (all GPUs, if any) or an `Nvml`.
     """
 
     def __init__(self, *, pid: int | None = None, cgroup: str | os.PathLike[str] | None = None,
-                 memory_bytes: int = 0, rapl: Rapl | None = None) -> None:
+                 memory_bytes: int = 0, rapl: Rapl | None = None, gpu: bool | Nvml = False) -> None:
         self.pid = pid
         self.cgroup = cgroup
         self.memory_bytes = memory_bytes
         self.rapl = rapl if rapl is not None else Rapl()
+        self.gpu = Nvml() if gpu is True else (gpu or None)
         self.energy: Energy | None = None
         self.cpu_seconds = 0.0
         self.wall_seconds = 0.0
@@ -274,6 +336,9 @@ class EnergyMeter:
         if self._rapl_on:
             self._j0 = self.rapl.read_joules()
             self._node0 = node_cpu_seconds()
+        self._gpu_on = self.gpu is not None and self.gpu.available
+        if self._gpu_on:
+            self._g0 = self.gpu.read_joules()  # type: ignore[union-attr]
         self._cpu0 = self._cpu()
         self._t0 = time.monotonic()
         return self
@@ -289,3 +354,9 @@ class EnergyMeter:
         else:
             self.energy = energy_for_cpu_seconds(self.cpu_seconds, memory_bytes=self.memory_bytes,
                                                  wall_seconds=self.wall_seconds)
+        if self._gpu_on:
+            g = self.gpu.read_joules() - self._g0  # type: ignore[union-attr]
+            e = self.energy
+            method = e.method if e.method == "measured" else e.method + "+gpu-nvml"
+            self.energy = Energy(e.joules + g, method, e.cpu_joules, e.memory_joules, e.cpu_seconds,
+                                 e.wall_seconds, gpu_joules=g)

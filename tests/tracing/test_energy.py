@@ -141,3 +141,19 @@ def test_remote_llm_spans_get_a_token_estimate(store: TraceStore) -> None:
     assert first.attributes[sc.ENERGY_JOULES] == pytest.approx(250 * JOULES_PER_OUTPUT_TOKEN)
     s = store.run(run.run_id)
     assert s.energy_j == pytest.approx(250 * JOULES_PER_OUTPUT_TOKEN + 7.0) and s.energy_method == "mixed"
+
+
+def test_gpu_energy_from_nvml_over_a_window() -> None:
+    from agentrt.tracing import Nvml
+
+    gpu = Nvml()
+    if not gpu.available:
+        pytest.skip(f"no GPU energy counter here: {gpu.reason}")
+    watts = gpu.power_watts()
+    with EnergyMeter(gpu=gpu, rapl=Rapl("/nonexistent")) as m:
+        time.sleep(2.0)  # NVML's counter updates every 20-100 ms: a window of seconds
+    e = m.energy
+    assert e.method == "estimated:cpu-tdp+gpu-nvml"
+    assert e.gpu_joules > 0 and e.joules == pytest.approx(e.cpu_joules + e.memory_joules + e.gpu_joules)
+    # an idle-ish GPU draws roughly constant power: energy ~ power x time
+    assert e.gpu_joules == pytest.approx(watts * m.wall_seconds, rel=0.5)
