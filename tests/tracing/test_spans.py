@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextvars
 import threading
+import time
 
 import anyio
 import pytest
@@ -114,3 +115,22 @@ def test_disabled_tracer_records_nothing(store: TraceStore) -> None:
         pass
     assert store.flush()
     assert store.count_runs() == 0
+
+
+def test_record_tool_result_copies_usage_adds_energy_and_ends_the_span(store: TraceStore) -> None:
+    from agentrt.tools import ToolUsage
+    from agentrt.tracing import cpu_power, monotonic_to_ns, record_tool_result
+
+    tracer = store.tracer()
+    with tracer.run(agent="t") as run:
+        started = time.monotonic()
+        span = tracer.tool("python", task_id=1, deps=[], start_ns=monotonic_to_ns(started))
+        usage = ToolUsage(wall_seconds=0.5, cpu_seconds=0.25, memory_peak_bytes=10**9, oom_killed=True, exit_status=137)
+        record_tool_result(span, usage, ok=False, error_kind="oom", end_ns=monotonic_to_ns(started + 0.5))
+    assert store.flush()
+    s = next(x for x in store.spans(run.run_id) if x.operation == sc.EXECUTE_TOOL)
+    assert s.status == "error" and s.attributes[sc.ERROR_TYPE] == "oom" and s.attributes[sc.OOM_KILLED] is True
+    assert s.attributes[sc.CPU_SECONDS] == 0.25 and s.attributes[sc.EXIT_STATUS] == 137
+    assert s.duration_s == pytest.approx(0.5, abs=1e-6)
+    assert s.attributes[sc.ENERGY_METHOD] == "estimated:cpu-tdp"
+    assert s.attributes[sc.ENERGY_JOULES] == pytest.approx(0.25 * cpu_power().watts_per_thread + 1.0 * 0.375 * 0.5)
