@@ -40,7 +40,8 @@ class IndexParams:
         kind: ``hnsw_sq8`` | ``ivf_sq8`` | ``none`` (exact buffer only).
         hnsw_m: HNSW connectivity M (links per node per level; 2M on level 0).
         ef_construction, ef_search: HNSW beam widths at build and at query time.
-        nlist, nprobe: IVF lists (None: 4 * sqrt(n)) and lists probed per query.
+        nlist, nprobe: IVF lists (None: one per ~400 vectors at training) and lists probed per query.
+            An IVF index is retrained from SQLite when the store has doubled since training.
         min_ann: below this many events, keep everything in the exact buffer.
         buffer_max: compact (fold the buffer into the main index) beyond this many buffered events.
     """
@@ -50,7 +51,7 @@ class IndexParams:
     ef_construction: int = 128
     ef_search: int = 128
     nlist: int | None = None
-    nprobe: int = 32
+    nprobe: int = 16
     min_ann: int = 20_000
     buffer_max: int = 4_096
 
@@ -74,7 +75,7 @@ def new_faiss_index(kind: str, dim: int, params: IndexParams, n_train: int):
         inner.hnsw.efSearch = params.ef_search
         return faiss.IndexIDMap2(inner)
     if kind == "ivf_sq8":
-        nlist = params.nlist or max(16, int(4 * np.sqrt(max(n_train, 1))))
+        nlist = params.nlist or max(16, n_train // 400)
         quantizer = faiss.IndexFlatIP(dim)
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, faiss.ScalarQuantizer.QT_8bit,
                                               faiss.METRIC_INNER_PRODUCT)
@@ -131,6 +132,7 @@ class VectorIndex:
         self._vecs = np.zeros((0, dim), dtype=np.float32)
         self._n = 0
         self.rebuilt_reason: str | None = None
+        self.trained_n = 0
 
     # ---- snapshot files -------------------------------------------------------------------
     def load_snapshot(self) -> bool:
@@ -160,11 +162,12 @@ class VectorIndex:
             self.rebuilt_reason = f"snapshot unreadable: {type(exc).__name__}: {exc}"
             return False
         self.main, self.main_n, self.hwm = index, int(meta["n"]), int(meta["hwm"])
+        self.trained_n = int(meta.get("trained_n", meta["n"]))
         return True
 
     def _publish(self, index, n: int, hwm: int, kind: str) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        meta = {"kind": kind, "dim": self.dim, "model": self.model, "hwm": hwm, "n": n}
+        meta = {"kind": kind, "dim": self.dim, "model": self.model, "hwm": hwm, "n": n, "trained_n": self.trained_n}
         if index is not None:
             name = f"main-{hwm}.faiss"
             tmp = self.dir / f".{name}.tmp"
@@ -257,10 +260,11 @@ class VectorIndex:
             self._n = 0
         self.add(ids, vecs)
 
-    def compact(self, *, publish: bool = True) -> dict:
+    def compact(self, *, publish: bool = True, loader=None) -> dict:
         """Fold the buffer into a new main index built aside, publish its snapshot, swap it in.
 
-        Searches keep using the old main + buffer until the swap. Returns what was done.
+        Searches keep using the old main + buffer until the swap. ``loader()`` returns every
+        ``(ids, vectors)`` of the store (for an IVF retrain). Returns what was done.
         """
         with self._compact_lock:
             with self._lock:
@@ -274,9 +278,16 @@ class VectorIndex:
                     self._publish(None, 0, 0, "none")
                 return {"added": 0, "n": 0, "exact_only": True}
             faiss = _faiss()
+            retrain = (kind == "ivf_sq8" and main is not None and loader is not None
+                       and self.main_n + n > 2 * self.trained_n)
+            if retrain:  # the IVF lists were trained on half the data or less: rebuild from SQLite
+                ids, vecs = loader()
+                n = len(ids)
+                main = None
             if main is None:
                 new = new_faiss_index(kind, self.dim, self.params, n)
                 new.train(vecs)
+                self.trained_n = n
             else:
                 new = faiss.clone_index(main)
                 set_search_params(new, self.params)

@@ -94,6 +94,9 @@ def connect(path: Path, *, durability: str, readonly: bool = False) -> sqlite3.C
     conn.execute("PRAGMA mmap_size=268435456")
     conn.execute("PRAGMA cache_size=-65536")
     conn.execute("PRAGMA journal_size_limit=67108864")
+    # checkpoint every ~40 MB of WAL instead of ~4 MB: a checkpoint inside a commit stalls it for
+    # milliseconds (measured: append p99 9 ms at the default 1,000 pages, 0.3 ms at 10,000)
+    conn.execute("PRAGMA wal_autocheckpoint=10000")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
 

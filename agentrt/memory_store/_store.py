@@ -277,6 +277,7 @@ class MemoryStore:
                 raise
             raise MemoryStoreError(f"cannot open the memory store {self.path}: {exc}") from exc
         self.last_id = self._wconn.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+        self._fts_hwm = int(self._meta("fts_hwm") or 0)
         model = embedder.name if embedder is not None else self._meta("embedder") or ""
         self.index = VectorIndex(Path(f"{self.path}.index"), self.dim, index, model=model)
         self._load_index()
@@ -300,9 +301,10 @@ class MemoryStore:
                 raise MemoryStoreError(f"{self.path} was embedded with {name}; opened with {self.embedder.name}. "
                                        "Vectors of two models cannot be compared: use a new store path")
 
-    def _rows_after(self, hwm: int) -> tuple[np.ndarray, np.ndarray]:
-        rows = self._wconn.execute("SELECT id, emb, emb_scale FROM events WHERE id > ? AND emb IS NOT NULL "
-                                   "ORDER BY id", (hwm,)).fetchall()
+    def _rows_after(self, hwm: int, conn=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, (n, dim) float32 vectors)`` of every event above ``hwm``, decoded from the INT8 codes."""
+        rows = (conn or self._wconn).execute("SELECT id, emb, emb_scale FROM events WHERE id > ? AND emb IS NOT NULL "
+                                             "ORDER BY id", (hwm,)).fetchall()
         if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
@@ -339,9 +341,16 @@ class MemoryStore:
         self._compactor = threading.Thread(target=self._compact_safely, name="memory-compact", daemon=True)
         self._compactor.start()
 
+    def _all_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        conn = connect(self.path, durability=self.durability)  # its own: runs in the compactor thread
+        try:
+            return self._rows_after(0, conn)
+        finally:
+            conn.close()
+
     def _compact_safely(self) -> None:
         try:
-            self.index.compact()
+            self.index.compact(loader=self._all_vectors)
             self.cache.clear()
         except Exception:  # the index is a cache: a failed build leaves the exact buffer serving
             log.exception("memory store %s: index compaction failed", self.path)
@@ -380,6 +389,25 @@ class MemoryStore:
 
     def _commit(self, batch: list[_Op]) -> None:
         conn = self._wconn
+        if len(batch) == 1:  # no SAVEPOINT needed: the transaction holds only this operation
+            op = batch[0]
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                op.result = op.fn(conn, op)
+                conn.execute("COMMIT")
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller of this op
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                self._last_in_session.clear()
+                op.exc = exc if op.exc is None else op.exc
+                op.post, op.done = [], True
+                if not isinstance(exc, Exception):
+                    raise
+                return
+            for post in op.post:
+                post()
+            op.done = True
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -446,7 +474,6 @@ class MemoryStore:
             (e.session, e.ts if e.ts is not None else now, now, e.role, e.kind, text, blob, size,
              codes.tobytes(), scale, prev, _json(e.meta)))
         eid = cur.lastrowid
-        conn.execute("INSERT INTO events_fts(rowid, text) VALUES (?, ?)", (eid, e.text))
         self._last_in_session[e.session] = eid
         vec = codes.astype(np.float32) * scale
 
@@ -643,10 +670,37 @@ class MemoryStore:
         scales = np.fromiter((r[2] for r in rows), dtype=np.float32, count=len(rows))
         return ids, codes, scales
 
+    def _fts_sync(self) -> None:
+        """Bring the FTS5 keyword index up to the last appended event.
+
+        The keyword index is derived, like the vector index: ``append`` does not write it (an FTS5
+        insert in every commit costs about 40 us, most of the append budget). Every keyword or
+        hybrid search first indexes the events above ``fts_hwm`` in one transaction (group
+        committed with appends), so a search still sees every event appended before it; after a
+        crash the same catch-up runs, because ``fts_hwm`` commits with the rows it covers.
+        """
+        if self._fts_hwm >= self.last_id:
+            return
+
+        def op(conn, _op):
+            row = conn.execute("SELECT value FROM meta WHERE key='fts_hwm'").fetchone()
+            hwm = int(row[0]) if row else 0
+            rows = conn.execute("SELECT id, text, blob FROM events WHERE id > ? ORDER BY id", (hwm,)).fetchall()
+            if not rows:
+                return hwm
+            conn.executemany("INSERT INTO events_fts(rowid, text) VALUES (?, ?)",
+                             [(i, self.blobs.get(b).decode() if b else t) for i, t, b in rows])
+            new = rows[-1][0]
+            conn.execute("INSERT INTO meta(key, value) VALUES ('fts_hwm', ?) "
+                         "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(new),))
+            return new
+        self._fts_hwm = max(self._fts_hwm, self._write(op))
+
     def _keyword(self, conn, text: str, where: str, params: list, limit: int | None) -> dict[int, float]:
         q = fts_query(text)
         if q is None:
             return {}
+        self._fts_sync()
         lim = f"LIMIT {int(limit)}" if limit else ""
         rows = conn.execute(f"SELECT f.rowid, -bm25(events_fts) FROM events_fts f JOIN events e ON e.id = f.rowid "
                             f"WHERE events_fts MATCH ? AND {where} ORDER BY bm25(events_fts) {lim}",
@@ -655,7 +709,7 @@ class MemoryStore:
 
     def search(self, query: str | np.ndarray, k: int = 10, filters: Filters | Mapping | None = None,
                as_of: float | None = None, *, mode: str = "hybrid", alpha: float = 0.5,
-               use_cache: bool = True) -> SearchResult:
+               use_cache: bool = True, vector: np.ndarray | None = None) -> SearchResult:
         """The ``k`` events most relevant to ``query``, best first.
 
         Args:
@@ -665,6 +719,8 @@ class MemoryStore:
                 by then and not yet forgotten then).
             mode: ``hybrid`` (min-max fusion of cosine and BM25, weight ``alpha`` on cosine),
                 ``vector`` (cosine only) or ``keyword`` (FTS5 BM25 only).
+            vector: the text query's embedding when the caller already has it (e.g. embedded in
+                a batch); it must come from this store's embedder.
 
         When the filters leave at most ``exact_max`` events (or the store has no ANN index yet)
         the search is exact: every candidate is scored from its INT8 codes, and hybrid scores
@@ -680,7 +736,10 @@ class MemoryStore:
             raise ValueError("a vector query needs mode='vector'")
         qvec = None
         if mode != "keyword":
-            qvec = self._embed([text])[0] if text is not None else np.asarray(query, dtype=np.float32)
+            if vector is not None:
+                qvec = np.asarray(vector, dtype=np.float32)
+            else:
+                qvec = self._embed([text])[0] if text is not None else np.asarray(query, dtype=np.float32)
         key = (mode, k, alpha, filters.key() if filters else None, as_of)
         shard = filters.session if filters is not None and isinstance(filters.session, str) else None
         version = (self.last_id, self._forgets)
@@ -890,7 +949,7 @@ class MemoryStore:
         """Fold the exact buffer into the ANN index now (blocking) and publish its snapshot."""
         if self._compactor is not None:
             self._compactor.join()
-        out = self.index.compact()
+        out = self.index.compact(loader=self._all_vectors)
         self.cache.clear()
         return out
 

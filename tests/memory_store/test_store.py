@@ -19,7 +19,9 @@ def test_event_is_searchable_as_soon_as_append_returns(store):
         assert hits.ids == [eid]
 
 
-def test_read_your_writes_through_the_ann_index(tmp_path, rng, ann_params):
+@pytest.mark.parametrize("kind", ["hnsw_sq8", "ivf_sq8"])
+def test_read_your_writes_through_the_ann_index(tmp_path, rng, ann_params, kind):
+    ann_params.kind = kind
     vecs = unit(rng, 700)
     with MemoryStore(tmp_path / "m.db", dim=384, index=ann_params, auto_compact=False, exact_max=0) as s:
         ids = s.append_many([Event(f"e{i}", embedding=v) for i, v in enumerate(vecs[:600])])
