@@ -26,6 +26,7 @@ from __future__ import annotations
 import gc
 import os
 import random
+import shutil
 import statistics
 import subprocess
 import sys
@@ -256,9 +257,7 @@ def run(config: dict[str, Any]) -> dict[str, Any]:
     progress(f"  trace ls: {cli_big:.3f} s at {cfg['ls_runs']:,} runs, {cli_small:.3f} s at {cfg['ls_small_runs']:,}; "
              f"query {q_big:.2f} ms vs {q_small:.2f} ms")
     size_mb = big.stat().st_size / 1e6
-    for p in tmp.iterdir():
-        p.unlink()
-    tmp.rmdir()
+    shutil.rmtree(tmp, ignore_errors=True)
     return {
         "bench": "tracing",
         "config": cfg,
