@@ -17,6 +17,7 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
+from contextlib import closing
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -133,7 +134,7 @@ class TraceStore:
     def __init__(self, path: str | Path | None = None) -> None:
         self.path = Path(path) if path is not None else default_store_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._connect() as con:
+        with closing(self._connect()) as con, con:
             con.executescript(_SCHEMA)
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._open_runs: dict[str, list[SpanRecord]] = {}
@@ -250,12 +251,12 @@ class TraceStore:
 
     def write_records(self, records: Sequence[SpanRecord]) -> None:
         """Write already-finished span records synchronously (imports, tests, benchmarks)."""
-        with self._connect() as con:
+        with closing(self._connect()) as con:
             self._write(con, [_Rec(r) for r in sorted(records, key=lambda r: r.parent_id is None)], {})
 
     # -- reading ---------------------------------------------------------------------------------
-    def _read(self) -> sqlite3.Connection:
-        return self._connect()
+    def _read(self) -> closing[sqlite3.Connection]:
+        return closing(self._connect())
 
     def runs(self, *, limit: int | None = 50, since_ns: int | None = None) -> list[RunSummary]:
         """Runs, newest first (``limit`` None: all), optionally only those started since ``since_ns``."""
