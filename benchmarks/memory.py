@@ -409,6 +409,7 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
     systems = ("hybrid", "vector", "keyword_fts5", "bm25_baseline")
     ks = (5, 10, 20)
     per_q: list[dict] = []
+    all_turns, all_questions = [], []
     embed_s = search_s = 0.0
     n_search = 0
     for conv in convs:
@@ -416,6 +417,8 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
         vecs = embedder.embed([t[1] for t in conv["turns"]])
         qvecs = embedder.embed([q["question"] for q in conv["qa"]])
         embed_s += time.perf_counter() - t
+        all_turns.append(vecs)
+        all_questions.append(qvecs)
         store = MemoryStore(tmp / f"locomo_{conv['id']}.db", embedder=embedder, auto_compact=False)
         ids = store.append_many([Event(text, session=sess, role="user", kind="turn", embedding=v, meta={"dia_id": d})
                                  for (d, text, sess), v in zip(conv["turns"], vecs)])
@@ -443,13 +446,40 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
         return {s: {f"recall@{k}": round(float(np.mean([r[s][k] for r in rows])), 4) for k in ks} for s in systems}
 
     cats = [r for r in per_q if r["category"] in (1, 2, 3, 4)]
+    ann_real = _ann_real(np.concatenate(all_turns), np.concatenate(all_questions))
     by_cat = {str(c): agg([r for r in per_q if r["category"] == c]) for c in (1, 2, 3, 4, 5)
               if any(r["category"] == c for r in per_q)}
     return {"conversations": len(convs), "turns": sum(len(c["turns"]) for c in convs), "questions": len(per_q),
             "questions_cat1_4": len(cats), "embedder": embedder.name, "embed_threads": threads,
             "turn_format": "Speaker: text", "fusion": "min-max, alpha 0.5 (dense)",
             "embed_s": round(embed_s, 1), "hybrid_search_mean_ms": round(search_s / max(n_search, 1) * 1e3, 2),
-            "all": agg(per_q), "cat1_4": agg(cats) if cats else None, "by_category": by_cat}
+            "all": agg(per_q), "cat1_4": agg(cats) if cats else None, "by_category": by_cat,
+            "ann_on_real_embeddings": ann_real}
+
+
+def _ann_real(xb: np.ndarray, xq: np.ndarray) -> dict[str, Any]:
+    """recall@10 of each index kind on the real MiniLM embeddings (all turns; questions as queries)."""
+    import faiss
+
+    from agentrt.memory_store import IndexParams, int8_scores, quantize
+    from agentrt.memory_store._index import new_faiss_index, set_search_params
+
+    gt = faiss.IndexFlatIP(D)
+    gt.add(xb)
+    truth = gt.search(xq, 10)[1]
+    codes, scales = quantize(xb)
+    out = {"n": len(xb), "queries": len(xq)}
+    found = [np.argpartition(-int8_scores(q, codes, scales), 10)[:10] for q in xq]
+    out["int8_exact"] = round(float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)])), 4)
+    for kind in ("ivf_sq8", "hnsw_sq8"):
+        params = IndexParams(kind=kind)
+        index = new_faiss_index(kind, D, params, len(xb))
+        index.train(xb)
+        index.add_with_ids(xb, np.arange(len(xb), dtype=np.int64))
+        set_search_params(index, params)
+        found = index.search(xq, 10)[1]
+        out[kind] = round(float(np.mean([len(set(f) & set(g)) / 10 for f, g in zip(found, truth)])), 4)
+    return out
 
 
 # ---- entry ----------------------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@
 Two tiers (the shape of Aeon's main index + delta buffer, ../shared/notes/memory_sleeptime.md 1.2):
 
 * ``main``: a faiss index over every event up to a high-water mark (``hwm``, an event id), loaded
-  from a snapshot file. Kinds: ``hnsw_sq8`` (``IndexHNSWSQ``, 8-bit per-dimension scalar
-  quantiser, M=16, efConstruction 128, efSearch 128: recall@10 0.992, p50 275 us at 100,000 x 384
-  in the notes' section 4.2) and ``ivf_sq8`` (``IndexIVFScalarQuantizer``). Below ``min_ann``
-  events there is no main index at all: exact search is as fast.
+  from a snapshot file. Kinds: ``ivf_sq8`` (default: ``IndexIVFScalarQuantizer``, 8-bit
+  per-dimension scalar quantiser, one list per ~400 vectors, 16 lists probed) and ``hnsw_sq8``
+  (``IndexHNSWSQ``, M=16, efConstruction 128, efSearch 128). Chosen by ``agentrt bench memory``
+  (results/memory.json): at 100,000 x 384 IVF+SQ8 was as accurate as or more accurate than
+  HNSW+SQ8 at similar latency, with a 3.9x smaller file than FP32 against 2.9x (the HNSW graph
+  adds ~140 bytes of links per vector). Below ``min_ann`` events there is no main index at all:
+  exact search is as fast.
 * ``buffer``: the vectors of events above the hwm, scanned exactly, so an event is searchable as
   soon as ``append`` returns (inserting into HNSW costs about 0.4 ms; a buffer row a few us).
 
@@ -37,7 +40,7 @@ class IndexParams:
     """How the main index is built and searched.
 
     Attributes:
-        kind: ``hnsw_sq8`` | ``ivf_sq8`` | ``none`` (exact buffer only).
+        kind: ``ivf_sq8`` | ``hnsw_sq8`` | ``none`` (exact buffer only).
         hnsw_m: HNSW connectivity M (links per node per level; 2M on level 0).
         ef_construction, ef_search: HNSW beam widths at build and at query time.
         nlist, nprobe: IVF lists (None: one per ~400 vectors at training) and lists probed per query.
@@ -46,7 +49,7 @@ class IndexParams:
         buffer_max: compact (fold the buffer into the main index) beyond this many buffered events.
     """
 
-    kind: str = "hnsw_sq8"
+    kind: str = "ivf_sq8"
     hnsw_m: int = 16
     ef_construction: int = 128
     ef_search: int = 128
