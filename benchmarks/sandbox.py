@@ -7,7 +7,8 @@ both sides alike):
   output read, exit awaited;
 - ``namespace``: the same ``/bin/true`` through `NamespaceBackend` (a call cgroup with memory, CPU
   and pids limits, the join shim, bubblewrap with its namespaces and mounts, kill + drain + rmdir,
-  usage read back); overhead = namespace - bare, per pair, p50 and p99 in ms;
+  usage read back); overhead = namespace - bare, per round, p50 and p99 in ms;
+- ``bwrap_only``: the same bubblewrap command line without cgroups or shim, to split the overhead;
 - ``container``: slot for the Docker/Podman backend (``agentrt.sandbox._docker``), measured the
   same way when that backend exists (exec per call in a session container);
 - the join shim: ``/bin/true`` in a fresh call cgroup via the ``/bin/sh`` shim vs the
@@ -34,7 +35,7 @@ from typing import Any
 import anyio
 
 from agentrt.cgroups import CallLimits, python_shim_argv, shim_argv
-from agentrt.sandbox import NamespaceBackend, get_backend
+from agentrt.sandbox import NamespaceBackend, bwrap_argv, get_backend
 from agentrt.sandbox._namespace import shared_driver
 from agentrt.tools import Limits
 
@@ -58,10 +59,10 @@ def _stats(ms: list[float]) -> dict[str, float]:
             "mean_ms": round(statistics.fmean(ms), 3), "n": len(ms)}
 
 
-async def _bare_true() -> None:
+async def _spawn(argv: list[str]) -> None:
     import subprocess as sp
 
-    proc = await anyio.open_process([TRUE], stdin=sp.DEVNULL, stdout=sp.PIPE, stderr=sp.PIPE,
+    proc = await anyio.open_process(argv, stdin=sp.DEVNULL, stdout=sp.PIPE, stderr=sp.PIPE,
                                     start_new_session=True)
     async with proc:
         while True:
@@ -72,30 +73,34 @@ async def _bare_true() -> None:
         await proc.wait()
 
 
+async def _bare_true() -> None:
+    await _spawn([TRUE])
+
+
 async def _timed(fn: Callable[[], Awaitable[Any]]) -> float:
     t0 = time.perf_counter()
     await fn()
     return (time.perf_counter() - t0) * 1000
 
 
-async def _overhead(backend_name: str, exec_true: Callable[[], Awaitable[Any]], cfg: dict[str, Any],
+async def _overhead(systems: dict[str, Callable[[], Awaitable[Any]]], cfg: dict[str, Any],
                     progress: Callable[[str], None]) -> dict[str, Any]:
+    """Time each system against ``bare`` in rounds; the order rotates every round."""
+    names = ["bare", *systems]
+    fns = {"bare": _bare_true, **systems}
     for _ in range(cfg["warmup"]):
-        await _bare_true()
-        await exec_true()
-    bare, sand, diff = [], [], []
+        for n in names:
+            await fns[n]()
+    ms: dict[str, list[float]] = {n: [] for n in names}
     for i in range(cfg["pairs"]):
-        if i % 2 == 0:
-            b = await _timed(_bare_true)
-            s = await _timed(exec_true)
-        else:
-            s = await _timed(exec_true)
-            b = await _timed(_bare_true)
-        bare.append(b)
-        sand.append(s)
-        diff.append(s - b)
-    progress(f"{backend_name}: p50 {statistics.median(sand):.2f} ms vs bare {statistics.median(bare):.2f} ms")
-    return {"bare": _stats(bare), backend_name: _stats(sand), "overhead": _stats(diff)}
+        k = i % len(names)
+        for n in names[k:] + names[:k]:
+            ms[n].append(await _timed(fns[n]))
+    out: dict[str, Any] = {n: _stats(v) for n, v in ms.items()}
+    for n in systems:
+        out[f"{n}_overhead"] = _stats([a - b for a, b in zip(ms[n], ms["bare"], strict=True)])
+        progress(f"{n}: p50 {out[n]['p50_ms']:.2f} ms vs bare {out['bare']['p50_ms']:.2f} ms")
+    return out
 
 
 def _shim_costs(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -170,10 +175,17 @@ async def _bench(cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[s
     systems: dict[str, Any] = {}
     ns = NamespaceBackend()
     sb = ns.start("bench")
+    # bubblewrap alone (same argv, no cgroup, no shim): splits the overhead into namespaces and
+    # mounts vs cgroups + join + usage + removal
+    bwrap_only = bwrap_argv(Limits(), [TRUE], extra_ro=ns.python_ro, bwrap=ns.bwrap)
     try:
-        systems["namespace"] = await _overhead("namespace", lambda: sb.exec([TRUE]), cfg, progress)
+        runs = await _overhead({"namespace": lambda: sb.exec([TRUE]),
+                                "bwrap_only": lambda: _spawn(bwrap_only)}, cfg, progress)
     finally:
         sb.close()
+    systems["namespace"] = {"bare": runs["bare"], "namespace": runs["namespace"],
+                            "overhead": runs["namespace_overhead"], "bwrap_only": runs["bwrap_only"],
+                            "bwrap_only_overhead": runs["bwrap_only_overhead"]}
     systems["shim"] = _shim_costs(cfg)
     progress(f"shim: sh {systems['shim']['sh_shim_cost_p50_ms']} ms, python "
              f"{systems['shim']['python_shim_cost_p50_ms']} ms per call")
@@ -184,7 +196,9 @@ async def _bench(cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[s
             dk = get_backend("docker")
             dsb = dk.start("bench")
             try:
-                container = await _overhead("container", lambda: dsb.exec([TRUE]), cfg, progress)
+                runs = await _overhead({"container": lambda: dsb.exec([TRUE])}, cfg, progress)
+                container = {"bare": runs["bare"], "container": runs["container"],
+                             "overhead": runs["container_overhead"]}
             finally:
                 dsb.close()
         except Exception as exc:  # a missing engine is a result to record, not a crash

@@ -235,3 +235,8 @@ async def test_session_work_dir_is_shared_across_calls(tmp_path):
     assert first.value["stdout"].strip() == str(tmp_path)
     assert second.ok and second.value["stdout"] == "from-call-1\n"
     assert (tmp_path / "note.txt").exists()
+
+
+async def test_sandboxed_process_has_no_controlling_terminal(sandbox):
+    r = await sandbox.exec(["/bin/sh", "-c", "cat /dev/tty 2>&1 || echo no-tty; ps -o sid= -p $$"])
+    assert "no-tty" in r.value["stdout"] or "No such device" in r.value["stdout"]
