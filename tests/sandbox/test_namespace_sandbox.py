@@ -240,3 +240,11 @@ async def test_session_work_dir_is_shared_across_calls(tmp_path):
 async def test_sandboxed_process_has_no_controlling_terminal(sandbox):
     r = await sandbox.exec(["/bin/sh", "-c", "cat /dev/tty 2>&1 || echo no-tty; ps -o sid= -p $$"])
     assert "no-tty" in r.value["stdout"] or "No such device" in r.value["stdout"]
+
+
+async def test_call_can_read_its_own_memory_limit(sandbox):
+    """Programs that size themselves from their cgroup (JVM, Go, Node) find the call's limit."""
+    script = ("p=$(grep -E '(:memory:|^0::)' /proc/self/cgroup | head -1 | cut -d: -f3); "
+              "cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup$p/memory.max")
+    r = await sandbox.exec(["/bin/sh", "-c", script], Limits(memory="40M", memory_burst=1.0))
+    assert r.ok and int(r.value["stdout"].split()[0]) == 40 * MiB
