@@ -25,11 +25,11 @@ from agentrt.tracing import (
     children_of,
     default_store_path,
     export_otlp,
-    semconv as sc,
     to_chrome,
     to_jsonl,
     to_otlp_json,
 )
+from agentrt.tracing import semconv as sc
 
 trace_app = typer.Typer(help="Runs recorded in the local trace store: time, tokens, cost, energy.",
                         no_args_is_help=True)
