@@ -137,11 +137,22 @@ class CgroupUsage:
     pids_max_hits: int | None = None
 
 
-def _read(path: Path) -> str | None:
+def _read(path: Path | str) -> str | None:
+    # raw os calls: cgroupfs files are tiny, and Path.read_text's text-I/O stack costs more than
+    # the read itself (tens of these per call)
     try:
-        return path.read_text()
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):  # seq files answer at most a page or so per read
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _keyed(text: str | None) -> dict[str, int]:
@@ -153,9 +164,13 @@ def _keyed(text: str | None) -> dict[str, int]:
     return out
 
 
-def _write(path: Path, value: str) -> None:
+def _write(path: Path | str, value: str) -> None:
     try:
-        path.write_text(value)
+        fd = os.open(path, os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
     except OSError as exc:
         raise SandboxError(f"cannot write {value!r} to {path}: {exc.strerror or exc}") from exc
 
