@@ -8,6 +8,7 @@ passes: the tool's by default). In-process tools run in this process through `Lo
 from __future__ import annotations
 
 import logging
+from contextlib import AsyncExitStack
 from typing import Any
 
 import anyio
@@ -32,7 +33,8 @@ class SandboxedBackend:
         local: backend for in-process tools (`LocalBackend` by default).
         sandbox_all: run in-process tools in the sandbox too (each call in a worker process).
 
-    Use ``async with SandboxedBackend() as backend: Scheduler(registry, backend=backend)`` or call
+    Use ``async with SandboxedBackend() as backend: Scheduler(registry, backend=backend)`` (the
+    sandbox session then keeps calls prewarmed, see `agentrt.sandbox.NamespaceSandbox`), or call
     `close` when done; the sandbox session (its cgroups) is removed then.
 
     Raises:
@@ -48,6 +50,7 @@ class SandboxedBackend:
         self._sandbox: Sandbox | None = None
         self._lock = anyio.Lock()
         self.sandbox_all = sandbox_all
+        self._stack: AsyncExitStack | None = None
 
     @property
     def backend(self) -> SandboxBackend:
@@ -73,9 +76,19 @@ class SandboxedBackend:
             self._sandbox = None
 
     async def __aenter__(self) -> SandboxedBackend:
+        # a sandbox entered as a context may keep calls prewarmed (the namespace backend does)
+        self._stack = AsyncExitStack()
+        await self._stack.__aenter__()
+        sandbox = self._backend.start(self._label)
+        if hasattr(sandbox, "__aenter__"):
+            sandbox = await self._stack.enter_async_context(sandbox)  # type: ignore[arg-type]
+        self._sandbox = sandbox
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
         self.close()
 
 

@@ -31,18 +31,20 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import ByteReceiveStream
+from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from agentrt.cgroups import CallGroup, CgroupDriver, SessionGroup, shim_argv
+from agentrt.cgroups import CallGroup, CallLimits, CgroupDriver, SessionGroup, shim_argv
 from agentrt.errors import InvalidArguments, SandboxError, SandboxUnavailable
 from agentrt.sandbox._base import ExecTarget, Outcome, outcome_result
 from agentrt.sandbox._callable import WORKER_FILE, needed_paths, worker_request
@@ -181,13 +183,23 @@ async def run_in_group(call: CallGroup, argv: Sequence[str], limits: Limits, std
     Kills the whole group at ``limits.timeout`` and on cancellation; the group is closed
     (drained and removed) before returning. Never raises for the process's own failure.
     """
-    out, err = bytearray(), bytearray()
-    timed_out = False
     t0 = time.perf_counter()
     proc = await anyio.open_process(shim_argv(call.procs_files, argv),
                                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env),
                                     start_new_session=True)
+    return await supervise(call, proc, limits, stdin, cap, t0)
+
+
+async def supervise(call: CallGroup, proc: Process, limits: Limits, feed: bytes | None, cap: int,
+                    t0: float) -> Outcome:
+    """Feed ``proc``, read its output, wait for it under ``limits.timeout``, read usage, close.
+
+    ``t0`` is when the call started (`time.perf_counter`), for its wall time.
+    """
+    out, err = bytearray(), bytearray()
+    timed_out = False
+    stdin = feed
     try:
         with anyio.move_on_after(limits.timeout) as scope:
             async with anyio.create_task_group() as tg:
@@ -246,12 +258,33 @@ def answer_result(o: Outcome, limits: Limits, what: str) -> ToolResult:
     return ToolResult(ok=False, error_kind="tool_error", error=answer.get("error") or "failed", usage=usage)
 
 
+#: What a prewarmed sandbox runs while it waits: read one shell-quoted command line, exec it.
+WAITER = ["/bin/sh", "-c", 'IFS= read -r line || exit 125; eval "exec $line"']
+
+
+@dataclass
+class _Warm:
+    """A prewarmed call: its cgroup (no limits yet) and bubblewrap running `WAITER` inside it."""
+
+    call: CallGroup
+    proc: Process
+
+
 class NamespaceSandbox:
     """One session's namespace sandbox: a session cgroup; each `exec` gets a call cgroup.
+
+    Used as ``async with backend.start() as sandbox:``, it keeps ``backend.prewarm`` calls
+    prewarmed: a call cgroup with bubblewrap already set up (namespaces, mounts) and a shell
+    waiting inside for its command. A call whose mounts are the session's default (no extra
+    read-only or writable paths, no disk limit) takes one: its limits are written into the
+    waiting group, its command line is sent, and the shell execs it, so the call does not wait
+    for the sandbox to be built; a new one is prewarmed in the background. Other calls, and every
+    call of a sandbox used without ``async with``, are built on demand.
 
     Attributes:
         session: the session's cgroup (its calls are its children).
         workdir: host directory bound as every call's work dir, or None for a private one per call.
+        warm_hits: calls that started in a prewarmed sandbox (the rest were built on demand).
     """
 
     def __init__(self, backend: NamespaceBackend, session: SessionGroup, workdir: Path | None) -> None:
@@ -260,6 +293,84 @@ class NamespaceSandbox:
         self.workdir = workdir
         self._closed = False
         self.label: str | None = None
+        self.warm_hits = 0
+        self._warm: list[_Warm] = []
+        self._tg: TaskGroup | None = None
+        self._warm_argv = bwrap_argv(Limits(), WAITER, extra_ro=backend.python_ro, workdir=workdir,
+                                     bwrap=backend.bwrap)
+
+    async def _prewarm(self) -> None:
+        call = self.session.call(CallLimits())
+        try:
+            proc = await anyio.open_process(shim_argv(call.procs_files, self._warm_argv), stdin=subprocess.PIPE,
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=CLEAN_ENV,
+                                            start_new_session=True)
+        except BaseException:
+            call.close()
+            raise
+        if self._closed:
+            call.close()
+            await proc.aclose()
+        else:
+            self._warm.append(_Warm(call, proc))
+
+    @property
+    def prewarmed(self) -> int:
+        """Prewarmed calls ready now."""
+        return sum(1 for w in self._warm if w.proc.returncode is None)
+
+    def _take_warm(self, limits: Limits, argv: Sequence[str], extra: Sequence[Path]) -> _Warm | None:
+        if (self._tg is None or limits.read_only_paths or limits.writable_paths or limits.disk is not None
+                or list(extra) != self.backend.python_ro or any("\n" in a or "\0" in a for a in argv)):
+            return None
+        while self._warm:
+            w = self._warm.pop(0)
+            if w.proc.returncode is None:
+                return w
+            w.call.close()
+            self._refill()
+        return None
+
+    def _refill(self) -> None:
+        # after the call, not before: spawning forks in the event loop's thread (~1-4 ms here),
+        # which would otherwise delay the very call that took the prewarmed sandbox
+        if self._tg is not None and not self._closed:
+            self._tg.start_soon(self._prewarm)
+
+    async def _run_warm(self, w: _Warm, argv: Sequence[str], limits: Limits, stdin: bytes | None,
+                        cap: int) -> Outcome | None:
+        t0 = time.perf_counter()
+        try:
+            w.call.update(CallLimits.from_limits(limits))
+        except SandboxError:  # e.g. a memory limit below what the waiting sandbox holds
+            w.call.close()
+            await w.proc.aclose()
+            self._refill()
+            return None
+        self.warm_hits += 1
+        line = (" ".join(shlex.quote(a) for a in argv) + "\n").encode()
+        try:
+            return await supervise(w.call, w.proc, limits, line + (stdin or b""), cap, t0)
+        finally:
+            self._refill()
+
+    async def __aenter__(self) -> NamespaceSandbox:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        for _ in range(self.backend.prewarm):
+            self._tg.start_soon(self._prewarm)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        warm, self._warm = self._warm, []
+        for w in warm:
+            w.call.close()
+            await w.proc.aclose()
+        self.close()
 
     async def exec(self, target: ExecTarget, limits: Limits | None = None, stdin: bytes | None = None,
                    *, args: Mapping[str, Any] | None = None) -> ToolResult:
@@ -287,28 +398,27 @@ class NamespaceSandbox:
             return ToolResult.failure("denied", f"{name}: {exc}", ToolUsage())
         except InvalidArguments as exc:
             return ToolResult.failure("invalid_args", str(exc), ToolUsage())
-        call = self.session.call(limits)
-        try:
-            o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV,
-                                   cap=OUTPUT_CAP if is_argv else 64 * OUTPUT_CAP)
-        finally:
-            if not call._closed:
-                call.close()
+        cap = OUTPUT_CAP if is_argv else 64 * OUTPUT_CAP
+        warm = self._take_warm(limits, argv, extra)
+        o = await self._run_warm(warm, argv, limits, feed, cap) if warm is not None else None
+        if o is None:
+            call = self.session.call(limits)
+            try:
+                o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV, cap=cap)
+            finally:
+                if not call._closed:
+                    call.close()
         if is_argv:
             return outcome_result(o, limits)
         return answer_result(o, limits, name)
 
     def close(self) -> None:
-        """Kill and remove whatever the session still holds. Idempotent."""
+        """Kill and remove whatever the session still holds (prewarmed calls too). Idempotent."""
         if not self._closed:
             self._closed = True
+            for w in self._warm:
+                w.call.close()
             self.session.close()
-
-    async def __aenter__(self) -> NamespaceSandbox:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.close()
 
 
 class NamespaceBackend:
@@ -318,6 +428,7 @@ class NamespaceBackend:
         workdir: a host directory every call of a session sees read-write as its work dir
             (shared across calls); None gives each call its own private ``/tmp/work``.
         driver: the cgroup driver; this process's shared one by default.
+        prewarm: calls kept prewarmed per session used with ``async with`` (see `NamespaceSandbox`).
 
     Raises:
         SandboxUnavailable: bubblewrap is missing or cannot create namespaces, or cgroups
@@ -326,7 +437,8 @@ class NamespaceBackend:
 
     name = "namespace"
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None, driver: CgroupDriver | None = None) -> None:
+    def __init__(self, workdir: str | os.PathLike[str] | None = None, driver: CgroupDriver | None = None,
+                 prewarm: int = 2) -> None:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install -y bubblewrap")
@@ -334,6 +446,7 @@ class NamespaceBackend:
         self.driver = driver or shared_driver()
         self.workdir = Path(workdir).resolve() if workdir is not None else None
         self.python_ro = _visible(python_paths())
+        self.prewarm = prewarm
 
     def start(self, session: str | None = None) -> NamespaceSandbox:
         """Open a session's sandbox (creates its session cgroup, ``session-<n>``).

@@ -248,3 +248,29 @@ async def test_call_can_read_its_own_memory_limit(sandbox):
               "cat /sys/fs/cgroup/memory$p/memory.limit_in_bytes 2>/dev/null || cat /sys/fs/cgroup$p/memory.max")
     r = await sandbox.exec(["/bin/sh", "-c", script], Limits(memory="40M", memory_burst=1.0))
     assert r.ok and int(r.value["stdout"].split()[0]) == 40 * MiB
+
+
+async def _until_prewarmed(sb, n: int = 1) -> None:
+    with anyio.fail_after(20):
+        while sb.prewarmed < n:
+            await anyio.sleep(0.01)
+
+
+async def test_prewarmed_calls_keep_their_limits_and_leave_nothing(ns_backend):
+    async with ns_backend.start("warm") as sb:
+        await _until_prewarmed(sb, 2)
+        ok = await sb.exec(["/bin/sh", "-c", "echo \"$1\"; cat", "sh", "it's $HOME; not expanded"], stdin=b"in")
+        assert ok.ok and ok.value["stdout"] == "it's $HOME; not expanded\nin"
+        assert sb.warm_hits == 1
+        await _until_prewarmed(sb, 1)
+        oom = await sb.exec([PY, "-c", "b = bytearray(128 * 2**20)"], Limits(memory="32M", memory_burst=1.0))
+        assert oom.error_kind == "oom" and oom.usage.memory_peak_bytes <= 33 * MiB
+        await _until_prewarmed(sb, 1)
+        marker = f"{63 + uuid.uuid4().int % 1000 / 1000:.3f}"
+        slow = await sb.exec(["/bin/sh", "-c", f"sleep {marker} & sleep {marker}"], Limits(timeout=0.3))
+        assert slow.error_kind == "timeout" and _host_procs_with(f"sleep {marker}") == []
+        assert sb.warm_hits == 3
+        custom = await sb.exec(["true"], Limits(disk="1M"))  # other mounts: built on demand
+        assert custom.ok and sb.warm_hits == 3
+        dirs = list(sb.session.dirs.values())
+    assert not any(d.exists() for d in dirs)  # prewarmed groups went with the session

@@ -79,3 +79,17 @@ def test_default_backend_is_sandboxed_where_the_sandbox_runs(ns_backend):
     be = default_backend()
     assert isinstance(be, SandboxedBackend) and be.backend.name == "namespace"
     be.close()
+
+
+async def test_backend_as_context_prewarms_and_cleans_up(ns_backend):
+    reg = ToolRegistry([shell])
+    async with SandboxedBackend(ns_backend, session="ctx") as be:
+        sb = be._sandbox
+        with anyio.fail_after(20):
+            while sb.prewarmed < 1:
+                await anyio.sleep(0.01)
+        results = await Scheduler(reg, backend=be).run([Task(id=1, tool="shell", args={"command": "echo warm"})])
+        assert results[1].ok and results[1].value["stdout"] == "warm\n"
+        assert sb.warm_hits == 1
+        dirs = list(sb.session.dirs.values())
+    assert not any(d.exists() for d in dirs)
