@@ -23,9 +23,12 @@ class ScriptedModel:
         self.plans, self.joins, self.chunk_delay = list(plans), list(joins), chunk_delay
         self.planner_prompts: list[list[Any]] = []
         self.stream_done_at: list[float] = []
+        self.join_schemas: list[dict[str, Any]] = []
 
     async def complete(self, messages, *, stream=False, response_format=None, **kw):
         is_join = (response_format or {}).get("json_schema", {}).get("name") == "join"
+        if is_join:
+            self.join_schemas.append(response_format["json_schema"]["schema"])
         if stream and not is_join:
             self.planner_prompts.append(list(messages))
             chunks = self.plans.pop(0)

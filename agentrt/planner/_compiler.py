@@ -101,6 +101,12 @@ class CompilerResult:
     cost_usd: float | None = None
 
 
+_ANSWER_ONLY_SCHEMA: dict[str, Any] = {
+    **JOINER_SCHEMA,
+    "properties": {**JOINER_SCHEMA["properties"], "action": {"type": "string", "enum": ["answer"]}},
+}
+
+
 class _LimitReached(Exception):
     """Raised inside a run to stop it at a usage limit; turned into `UsageLimitExceeded`."""
 
@@ -156,6 +162,10 @@ class LLMCompiler:
             with the partial `CompilerResult` as its ``partial``.
         cost: the USD cost of a `Usage` for this model (``None`` where the price is unknown);
             without it the cost is unknown and ``max_cost_usd`` cannot be enforced.
+        replan: when the joiner may ask for a replan: ``"on_failure"`` (the default) only when
+            a call failed or was skipped, a plan line was rejected, or no call was made — with
+            every call successful its schema allows only an answer, because the local model
+            asked for spurious replans of complete results; ``"joiner"`` lets it decide freely.
     """
 
     def __init__(
@@ -173,6 +183,7 @@ class LLMCompiler:
         plan_format: Literal["text", "json"] = "text",
         usage_limits: UsageLimits | None = None,
         cost: Callable[[Usage], float | None] | None = None,
+        replan: Literal["on_failure", "joiner"] = "on_failure",
     ) -> None:
         if max_rounds < 1:
             raise ValueError("max_rounds must be at least 1")
@@ -194,6 +205,9 @@ class LLMCompiler:
         if self.usage_limits.max_cost_usd is not None and cost is None:
             raise ValueError("max_cost_usd needs a cost function (the model's price)")
         self._cost = cost
+        if replan not in ("on_failure", "joiner"):
+            raise ValueError(f"replan must be 'on_failure' or 'joiner', not {replan!r}")
+        self.replan = replan
         self._system = planner_system_prompt(registry, self.examples, plan_format)
         self._plan_schema = (
             {"type": "json_schema", "json_schema": {"name": "plan", "schema": plan_array_schema(
@@ -384,11 +398,15 @@ class LLMCompiler:
             Message(role="system", content=joiner_system_prompt()),
             Message(role="user", content=f"Question: {question}\n\nResults:\n{body}"),
         ]
+        schema = JOINER_SCHEMA
+        if self.replan == "on_failure" and res.tasks and not res.issues and all(
+                r.ok for r in res.results.values()):
+            schema = _ANSWER_ONLY_SCHEMA
         self._before_llm_call(res)
         stream = await self.model.complete(
             msgs, stream=True, max_tokens=self.joiner_max_tokens,
             response_format={"type": "json_schema",
-                             "json_schema": {"name": "join", "schema": JOINER_SCHEMA, "strict": True}},
+                             "json_schema": {"name": "join", "schema": schema, "strict": True}},
         )
         reader, parts = AnswerFieldReader(), []
         async for delta in stream:  # type: ignore[union-attr]

@@ -133,7 +133,17 @@ Results:
    -> 300
 3. calculator(expression="$1 - $2")  [= calculator(expression="330 - 300")]
    -> 30
-{"thought": "Call 3 subtracted B's height from A's height.", "action": "answer", "answer": "30 m"}"""
+{"thought": "Call 3 computed it: 30.", "action": "answer", "answer": "30 m"}
+
+Example question: Which is taller, tower A or tower B?
+Results:
+1. height(name="tower A")
+   -> 330
+2. height(name="tower B")
+   -> 300
+3. calculator(expression="$1 - $2")  [= calculator(expression="330 - 300")]
+   -> 30
+{"thought": "Call 3 is 330 - 300 = 30, positive, so tower A is the taller.", "action": "answer", "answer": "tower A"}"""
 
 
 def joiner_system_prompt() -> str:

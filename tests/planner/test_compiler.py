@@ -211,3 +211,19 @@ def test_json_prompt_converts_text_examples() -> None:
     ex = PlanExample(question="Q?", plan='1. search(query="x")\n2. add(a=$1, b=2)\n3. join()')
     text = planner_system_prompt(make_registry([]), [ex], "json")
     assert '{"id": 2, "tool": "add", "args": {"a": "$1", "b": 2}}' in text
+
+
+async def test_joiner_may_replan_only_after_a_failure_by_default() -> None:
+    plans = [['1. search(query="a")\n2. join()'], ['2. search(query="boom")\n3. join()'],
+             ['3. search(query="c")\n4. join()']]
+    joins = [{"thought": "t", "action": "replan", "answer": ""}] * 2 + [
+        {"thought": "t", "action": "answer", "answer": "x"}]
+    model = ScriptedModel(plans, joins)
+    await LLMCompiler(model, make_registry([])).run("q")
+    enums = [s["properties"]["action"]["enum"] for s in model.join_schemas]
+    # round 1: every call succeeded -> answer only; round 2: a call failed -> replan allowed
+    assert enums[0] == ["answer"] and enums[1] == ["answer", "replan"]
+
+    model = ScriptedModel([plans[0]], [joins[2]])
+    await LLMCompiler(model, make_registry([]), replan="joiner").run("q")
+    assert model.join_schemas[0]["properties"]["action"]["enum"] == ["answer", "replan"]
