@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from agentrt.executor._backend import ExecutorBackend, LocalBackend
 from agentrt.errors import SandboxUnavailable
+from agentrt.executor._backend import ExecutorBackend, LocalBackend
 from agentrt.executor._task import Task
 from agentrt.sandbox import Sandbox, SandboxBackend, get_backend
 from agentrt.tools import Limits, Tool, ToolResult

@@ -4,7 +4,9 @@
   ``await sandbox.exec(argv | Tool | callable, limits, stdin, args=...) -> ToolResult``;
   ``sandbox.close()``.
 - `NamespaceBackend` (``namespace``, the default on Linux): bubblewrap namespaces + a cgroup per
-  call (`agentrt.cgroups`); `NoneBackend` (``none``): unconfined, timed only.
+  call (`agentrt.cgroups`); a session used as ``async with backend.start() as sandbox:`` keeps
+  ``prewarm`` calls built ahead (cgroup + bubblewrap waiting), so a call starts in ~1 ms instead
+  of ~6-10 ms; `NoneBackend` (``none``): unconfined, timed only.
 - `get_backend(name)`: a backend by name; ``docker`` when its module exists, else
   `SandboxUnavailable` saying so.
 
