@@ -406,7 +406,8 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
     from rank_bm25 import BM25Okapi
 
     from agentrt.config import get_settings
-    from agentrt.memory_store import Event, MemoryStore, MiniLMEmbedder, minilm_tokenizer_path, tokens
+    from agentrt.memory_store import (Event, LookasideCache, MemoryStore, MiniLMEmbedder, minilm_tokenizer_path,
+                                      tokens)
 
     embedder = MiniLMEmbedder(minilm_tokenizer_path(get_settings().data_dir), threads=threads)
     convs = load_locomo(data_dir)[:n_convs]
@@ -414,6 +415,7 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
     ks = (5, 10, 20)
     per_q: list[dict] = []
     all_turns, all_questions = [], []
+    cache_rows = {"repeat": [], "near_repeat": []}
     embed_s = search_s = 0.0
     n_search = 0
     for conv in convs:
@@ -443,6 +445,22 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
             got = [conv["turns"][i][0] for i in np.argsort(-sc, kind="stable")[:20]]
             row["bm25_baseline"] = {k: len(gold & set(got[:k])) / len(gold) for k in ks}
             per_q.append(row)
+        # lookaside cache on real queries: each question, then the same again (repeat), then a
+        # near-repeat (same words, new casing and punctuation), vector mode k=10; every hit verified
+        variants = [q["question"].rstrip("?").lower() + ", please?" for q in conv["qa"]]
+        vvecs = embedder.embed(variants)
+        for kind_, texts_, vecs_ in (("repeat", [q["question"] for q in conv["qa"]], qvecs),
+                                     ("near_repeat", variants, vvecs)):
+            store.cache = LookasideCache(64, approx_threshold=0.95, verify_every=0)
+            for q, qv, tv, v2 in zip(conv["qa"], qvecs, texts_, vecs_):
+                store.search(q["question"], k=10, mode="vector", vector=qv)
+                t = time.perf_counter()
+                res = store.search(tv, k=10, mode="vector", vector=v2)
+                dt = time.perf_counter() - t
+                fresh = store.search(tv, k=10, mode="vector", vector=v2, use_cache=False)
+                cache_rows[kind_].append({"hit": res.cache != "miss", "certified": res.cache == "certified",
+                                          "recall": len(set(res.ids) & set(fresh.ids)) / max(len(fresh.ids), 1),
+                                          "s": dt})
         store.close()
         progress(f"locomo: conversation {conv['id']}: {len(conv['turns'])} turns, {len(conv['qa'])} questions")
 
@@ -458,7 +476,27 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
             "turn_format": "Speaker: text", "fusion": "min-max, alpha 0.5 (dense)",
             "embed_s": round(embed_s, 1), "hybrid_search_mean_ms": round(search_s / max(n_search, 1) * 1e3, 2),
             "all": agg(per_q), "cat1_4": agg(cats) if cats else None, "by_category": by_cat,
-            "ann_on_real_embeddings": ann_real}
+            "ann_on_real_embeddings": ann_real, "lookaside_cache": _cache_summary(cache_rows)}
+
+
+def _cache_summary(rows: dict) -> dict[str, Any]:
+    out = {"workload": "each question searched (vector, k=10), then again as a repeat or as a near-repeat "
+                       "(lowercased, ', please?'); approximate hits allowed at cos >= 0.95; each second "
+                       "query's answer compared with a fresh search (recall@10 on hits)"}
+    for kind in ("repeat", "near_repeat"):
+        r = rows[kind]
+        hits = [x for x in r if x["hit"]]
+        cert = [x for x in hits if x["certified"]]
+        approx = [x for x in hits if not x["certified"]]
+        miss = [x for x in r if not x["hit"]]
+        out[kind] = {"second_queries": len(r), "hit_rate": round(len(hits) / len(r), 4) if r else None,
+                     "certified_hits": len(cert), "approximate_hits": len(approx),
+                     "recall_on_certified_hits": round(float(np.mean([x["recall"] for x in cert])), 4) if cert else None,
+                     "recall_on_approximate_hits": round(float(np.mean([x["recall"] for x in approx])), 4)
+                     if approx else None,
+                     "hit_p50_us": round(_pct([x["s"] for x in hits], 50) * 1e6, 1) if hits else None,
+                     "miss_p50_us": round(_pct([x["s"] for x in miss], 50) * 1e6, 1) if miss else None}
+    return out
 
 
 def _ann_real(xb: np.ndarray, xq: np.ndarray) -> dict[str, Any]:

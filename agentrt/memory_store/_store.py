@@ -619,6 +619,16 @@ class MemoryStore:
         row = self._reader().execute(f"SELECT {self._EVENT_COLS} FROM events WHERE id=?", (event_id,)).fetchone()
         return self._event(row) if row else None
 
+    def get_many(self, ids: Sequence[int]) -> list[StoredEvent]:
+        """The events with these ids, in the order given (missing ids are skipped); one query."""
+        ids = [int(i) for i in ids]
+        if not ids:
+            return []
+        rows = self._reader().execute(f"SELECT {self._EVENT_COLS} FROM events WHERE id IN "
+                                      f"({','.join('?' * len(ids))})", ids).fetchall()
+        by_id = {r[0]: r for r in rows}
+        return [self._event(by_id[i]) for i in ids if i in by_id]
+
     def events(self, *, session: str | None = None, kind: str | None = None, limit: int = 100,
                after_id: int = 0) -> list[StoredEvent]:
         """Events in id order (oldest first), optionally of one session and/or kind."""
@@ -818,12 +828,9 @@ class MemoryStore:
             bn = b / b.max() if b.max() > 0 else np.zeros_like(b)
             score = alpha * minmax(d) + (1 - alpha) * bn
         order = np.argsort(-score, kind="stable")[:k]
-        hits = []
-        for i in order:
-            ev = self.get(int(ids[i]))
-            if ev is not None:
-                hits.append(Hit(ev, float(score[i]), float(d[i]) if mode != "keyword" else None,
-                                float(b[i]) if mode != "vector" else None))
+        evs = {ev.id: ev for ev in self.get_many(ids[order])}
+        hits = [Hit(evs[int(ids[i])], float(score[i]), float(d[i]) if mode != "keyword" else None,
+                    float(b[i]) if mode != "vector" else None) for i in order if int(ids[i]) in evs]
         return SearchResult(hits, exact), (ids[order], score[order].astype(np.float32))
 
     def _from_cache(self, shard, key, text, qvec, k, version, filters, as_of, mode, alpha) -> SearchResult | None:
@@ -857,8 +864,8 @@ class MemoryStore:
             self.cache.record(hit=False)
             return None
         verify = self.cache.record(hit=True, certified=certified)
-        hits = [Hit(ev, float(sc)) for ev, sc in ((self.get(int(i)), sc) for i, sc in zip(ids, scores))
-                if ev is not None]
+        evs = {ev.id: ev for ev in self.get_many(ids)}
+        hits = [Hit(evs[int(i)], float(sc)) for i, sc in zip(ids, scores) if int(i) in evs]
         result = SearchResult(hits, exact=certified, cache="certified" if certified else "approximate")
         if verify:
             fresh, _ = self._search(text, qvec, k, filters, as_of, mode, alpha)
