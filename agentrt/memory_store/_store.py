@@ -241,6 +241,11 @@ class MemoryStore:
 
     Raises:
         MemoryStoreError: the database cannot be opened or was made for another vector dimension.
+
+    One process should write a store at a time: SQLite serialises writers across processes, but
+    the vector index and the session chain (``prev_id``) of each open store are kept in memory,
+    so another process sees events written elsewhere after it reopens the store. Within a
+    process, any number of threads may use one store (from asyncio: ``anyio.to_thread.run_sync``).
     """
 
     def __init__(self, path: str | Path, *, embedder: Embedder | None = None, dim: int | None = None,
