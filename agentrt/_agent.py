@@ -16,8 +16,9 @@ from agentrt.executor import Task
 from agentrt.llm import ChatModel, Usage
 from agentrt.planner import CompilerResult, LLMCompiler, PlanExample, UsageLimits
 from agentrt.tools import Tool, ToolRegistry, ToolResult
+from agentrt.tracing import Tracer, get_tracer
 
-__all__ = ["Agent", "RunFinished", "RunResult", "RunStream", "price_function"]
+__all__ = ["Agent", "RunFinished", "RunResult", "RunStream"]
 
 
 @dataclass
@@ -37,6 +38,8 @@ class RunResult:
         rounds: plan/join rounds (1 + replans).
         issues: plan problems (rejected tasks), as text.
         cost_usd: cost when the model's price is known (0.0 for the local model), else None.
+        trace_id: the run's id in the trace store (``agentrt trace show ID``), or None when
+            tracing is off.
     """
 
     answer: str
@@ -52,6 +55,7 @@ class RunResult:
     rounds: int
     issues: list[str] = field(default_factory=list)
     cost_usd: float | None = None
+    trace_id: str | None = None
 
     @property
     def tool_calls(self) -> int:
@@ -59,8 +63,8 @@ class RunResult:
         return sum(1 for r in self.results.values() if r.error_kind != "skipped")
 
     @classmethod
-    def from_compiler(cls, res: CompilerResult) -> RunResult:
-        return cls(
+    def from_compiler(cls, res: CompilerResult, trace_id: str | None = None) -> RunResult:
+        return cls(trace_id=trace_id,
             answer=res.answer, partial=res.partial, reason=res.reason,
             plan=[res.tasks[i] for i in sorted(res.tasks)], results=res.results, usage=res.usage,
             llm_calls=res.llm_calls, wall_seconds=res.wall_seconds,
@@ -74,28 +78,6 @@ class RunFinished:
     """The last event of `Agent.stream`: the run's `RunResult`."""
 
     result: RunResult
-
-
-def price_function(model_name: str | None, *, local: bool) -> Callable[[Usage], float | None]:
-    """USD cost of a `Usage` for ``model_name``: 0 for the local engine; the price from
-    `genai-prices` (input, cached input and output tokens counted separately) where it knows the
-    model; else ``None`` (unknown, not zero)."""
-    if local:
-        return lambda usage: 0.0
-    from genai_prices import Usage as PriceUsage
-    from genai_prices import calc_price
-
-    try:
-        calc_price(PriceUsage(input_tokens=1, output_tokens=1), model_ref=model_name or "")
-    except LookupError:
-        return lambda usage: None
-
-    def cost(usage: Usage) -> float | None:
-        price = calc_price(PriceUsage(input_tokens=usage.input_tokens, cache_read_tokens=usage.cached_tokens,
-                                      output_tokens=usage.output_tokens), model_ref=model_name or "")
-        return float(price.total_price)
-
-    return cost
 
 
 class Agent:
@@ -114,6 +96,8 @@ class Agent:
             so far.
         settings: configuration; defaults to `get_settings()`.
         on_event: called with every run event (see `agentrt.events`); must be cheap.
+        tracing: record each run in the local trace store (``agentrt trace ...``): True (the
+            default), False, or a `Tracer` to record with.
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -129,6 +113,7 @@ class Agent:
         usage_limits: UsageLimits | None = None,
         settings: Settings | None = None,
         on_event: Callable[[Any], None] | None = None,
+        tracing: bool | Tracer = True,
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
@@ -137,6 +122,7 @@ class Agent:
         self.max_concurrency = max_concurrency
         self.usage_limits = usage_limits or UsageLimits()
         self.on_event = on_event
+        self._tracing = tracing
         self._model = model
         self._engine: Any = None
         self._local = False  # the model is the embedded local engine (cost 0 USD)
@@ -168,20 +154,40 @@ class Agent:
     async def _run(self, question: str, usage_limits: UsageLimits | None,
                    on_event: Callable[[Any], None] | None) -> RunResult:
         model = await self._ensure_model()
-        local = self._local or getattr(model, "model_name", None) == LOCAL_MODEL_NAME
+        model_name = getattr(model, "model_name", None) or "unknown"
+        local = self._local or model_name == LOCAL_MODEL_NAME
+        tracer = self._tracer()
         compiler = LLMCompiler(
             model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
             max_concurrency=self.max_concurrency, on_event=on_event,
-            usage_limits=usage_limits or self.usage_limits,
-            cost=price_function(getattr(model, "model_name", None), local=local),
+            usage_limits=usage_limits or self.usage_limits, tracer=tracer, model_name=model_name,
+            local=local, engine_pid=self._engine_pid() if local else None,
         )
-        try:
-            res = await compiler.run(question)
-        except UsageLimitExceeded as exc:
-            if isinstance(exc.partial, CompilerResult):
-                exc.partial = RunResult.from_compiler(exc.partial)
-            raise
-        return RunResult.from_compiler(res)
+        with tracer.run(agent="agentrt", question=question) as run_span:
+            trace_id = run_span.run_id if tracer.enabled else None
+            run_span.set("gen_ai.request.model", model_name)
+            try:
+                res = await compiler.run(question)
+            except UsageLimitExceeded as exc:
+                if isinstance(exc.partial, CompilerResult):
+                    exc.partial = RunResult.from_compiler(exc.partial, trace_id)
+                raise
+            run_span.set("agentrt.run.partial", res.partial)
+        return RunResult.from_compiler(res, trace_id)
+
+    def _tracer(self) -> Tracer:
+        if isinstance(self._tracing, Tracer):
+            return self._tracing
+        return get_tracer() if self._tracing else Tracer(None)
+
+    def _engine_pid(self) -> int | None:
+        """The local engine's process (its CPU time is the LLM calls' energy), if known."""
+        if self._engine is not None:
+            return self._engine.pid or None
+        from agentrt.llm import read_state
+
+        state = read_state(self.settings)
+        return state.pid if state is not None else None
 
     def stream(self, question: str, *, usage_limits: UsageLimits | None = None) -> RunStream:
         """Run ``question`` and yield its events as they happen.

@@ -8,6 +8,18 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _traces_in_a_temporary_store(tmp_path_factory: pytest.TempPathFactory):
+    """Runs made by tests are traced into a store of their own, not the user's trace store."""
+    from agentrt.tracing import TraceStore, set_tracer
+
+    store = TraceStore(tmp_path_factory.mktemp("traces") / "traces.sqlite")
+    set_tracer(store.tracer())
+    yield store
+    set_tracer(None)
+    store.close()
+
+
 def local_model_missing() -> str | None:
     """Why the real local model cannot run here (a skip reason), or None when it can."""
     import importlib.util

@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from agentrt.errors import UsageLimitExceeded
+from agentrt.errors import ConfigError, UsageLimitExceeded
 from agentrt.executor import (
     LocalBackend,
     Scheduler,
@@ -53,7 +53,19 @@ from agentrt.planner._prompts import (
 from agentrt.planner._schema import plan_array_schema
 from agentrt.planner._usage import UsageLimits
 from agentrt.planner._validate import PlanValidator
-from agentrt.tools import ToolRegistry, ToolResult
+from agentrt.tools import ToolRegistry, ToolResult, ToolUsage
+from agentrt.tracing import (
+    QUEUE_WAIT_SECONDS,
+    Budget,
+    EnergyMeter,
+    Reservation,
+    Span,
+    Tracer,
+    current_span,
+    monotonic_to_ns,
+    price,
+    record_tool_result,
+)
 
 __all__ = ["CompilerResult", "LLMCompiler"]
 
@@ -105,6 +117,34 @@ _ANSWER_ONLY_SCHEMA: dict[str, Any] = {
     **JOINER_SCHEMA,
     "properties": {**JOINER_SCHEMA["properties"], "action": {"type": "string", "enum": ["answer"]}},
 }
+
+
+class _LLMCall:
+    """One planner or joiner LLM call, as traced: its ``chat`` span (not made current, so tool
+    calls dispatched meanwhile do not nest under it), the engine's energy over the call, and the
+    budget's hold of its worst-case cost."""
+
+    def __init__(self, span: Span, meter: EnergyMeter | None, hold: Reservation | None) -> None:
+        self.span, self.meter, self.hold = span, meter, hold
+
+    def settle(self, usage: Usage) -> None:
+        self.span.record_usage(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                               cached_input_tokens=usage.cached_tokens)
+        if self.hold is not None:
+            self.hold.settle(input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                             cached_input_tokens=usage.cached_tokens)
+            self.hold = None
+
+    def end(self, exc: BaseException | None = None) -> None:
+        if self.hold is not None:
+            self.hold.release()  # cut short before its usage was reported
+        if self.meter is not None:
+            self.meter.__exit__(None, None, None)
+            if self.meter.energy is not None:
+                self.span.record_energy(self.meter.energy.joules, self.meter.energy.method)
+        if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
+            self.span.record_exception(exc)
+        self.span.end()
 
 
 class _LimitReached(Exception):
@@ -160,8 +200,11 @@ class LLMCompiler:
             ``{"tasks": [...]}`` object constrained by a JSON schema built from the registry).
         usage_limits: what one run may spend; reaching a limit raises `UsageLimitExceeded`
             with the partial `CompilerResult` as its ``partial``.
-        cost: the USD cost of a `Usage` for this model (``None`` where the price is unknown);
-            without it the cost is unknown and ``max_cost_usd`` cannot be enforced.
+        tracer: where spans go (``chat`` per LLM call, ``execute_tool`` per task, children of
+            the span current when `run` is called); default: tracing off.
+        model_name: the model's name for spans and prices (default: ``model.model_name``).
+        local: the model is the embedded local engine (0 USD; energy from its process).
+        engine_pid: process of the local engine, whose CPU time gives each call's energy.
         replan: when the joiner may ask for a replan: ``"on_failure"`` (the default) only when
             a call failed or was skipped, a plan line was rejected, or no call was made — with
             every call successful its schema allows only an answer, because the local model
@@ -182,8 +225,11 @@ class LLMCompiler:
         joiner_max_tokens: int = 200,
         plan_format: Literal["text", "json"] = "text",
         usage_limits: UsageLimits | None = None,
-        cost: Callable[[Usage], float | None] | None = None,
         replan: Literal["on_failure", "joiner"] = "on_failure",
+        tracer: Tracer | None = None,
+        model_name: str | None = None,
+        local: bool = False,
+        engine_pid: int | None = None,
     ) -> None:
         if max_rounds < 1:
             raise ValueError("max_rounds must be at least 1")
@@ -202,12 +248,17 @@ class LLMCompiler:
             raise ValueError(f"plan_format must be 'text' or 'json', not {plan_format!r}")
         self.plan_format = plan_format
         self.usage_limits = usage_limits or UsageLimits()
-        if self.usage_limits.max_cost_usd is not None and cost is None:
-            raise ValueError("max_cost_usd needs a cost function (the model's price)")
-        self._cost = cost
         if replan not in ("on_failure", "joiner"):
             raise ValueError(f"replan must be 'on_failure' or 'joiner', not {replan!r}")
         self.replan = replan
+        self.tracer = tracer or Tracer(None)
+        self.model_name = model_name or getattr(model, "model_name", None) or "unknown"
+        self.local, self.engine_pid = local, engine_pid
+        if self.usage_limits.max_cost_usd is not None and self._price(Usage(input_tokens=1)) is None:
+            raise ConfigError(f"max_cost_usd cannot be enforced: no price is known for model "
+                              f"{self.model_name!r}; register one with agentrt.tracing.register_price()")
+        self._budget: Budget | None = None
+        self._parent: Span | None = None
         self._system = planner_system_prompt(registry, self.examples, plan_format)
         self._plan_schema = (
             {"type": "json_schema", "json_schema": {"name": "plan", "schema": plan_array_schema(
@@ -223,13 +274,29 @@ class LLMCompiler:
                 `CompilerResult` so far (finished results kept, running calls cancelled).
         """
         t0 = self._t0 = time.perf_counter()
-        res = CompilerResult(answer="", cost_usd=self._cost(Usage()) if self._cost else None)
+        res = CompilerResult(answer="", cost_usd=self._price(Usage()))
+        self._parent = current_span()
+        limit_usd = self.usage_limits.max_cost_usd
+        self._budget = Budget(usd=limit_usd) if limit_usd is not None else None
+        tool_spans: dict[int, Span] = {}
 
         def on_sched(ev: Any) -> None:
-            if res.first_dispatch_seconds is None and isinstance(ev, TaskStarted):
-                res.first_dispatch_seconds = time.perf_counter() - t0
+            if isinstance(ev, TaskStarted):
+                if res.first_dispatch_seconds is None:
+                    res.first_dispatch_seconds = time.perf_counter() - t0
+                span = tool_spans[ev.task.id] = self.tracer.tool(
+                    ev.task.tool, task_id=ev.task.id, deps=ev.task.deps, call_id=str(ev.task.id),
+                    parent=self._parent, start_ns=monotonic_to_ns(ev.at))
+                span.set(QUEUE_WAIT_SECONDS, max(0.0, ev.at - ev.ready_at))
             elif isinstance(ev, (TaskFinished, TaskSkipped)):
                 res.results[ev.task.id] = ev.result  # kept even if the run stops early
+                span = tool_spans.pop(ev.task.id, None)
+                if span is None:  # never started (skipped, or refused before its tool ran)
+                    span = self.tracer.tool(ev.task.tool, task_id=ev.task.id, deps=ev.task.deps,
+                                            call_id=str(ev.task.id), parent=self._parent,
+                                            start_ns=monotonic_to_ns(ev.at))
+                record_tool_result(span, ev.result.usage, ok=ev.result.ok, error_kind=ev.result.error_kind,
+                                   end_ns=monotonic_to_ns(ev.at))
             self._emit(ev)
 
         self.scheduler.on_event = on_sched
@@ -246,6 +313,8 @@ class LLMCompiler:
             stop = str(hit)
         res.wall_seconds = time.perf_counter() - t0
         res.critical_path = critical_path(res.tasks, res.results)
+        for span in tool_spans.values():  # calls cancelled when the run stopped
+            record_tool_result(span, ToolUsage(), ok=False, error_kind="cancelled")
         if stop is not None:
             for tid in res.tasks.keys() - res.results.keys():
                 res.results[tid] = ToolResult.failure("cancelled", f"run stopped: {stop}")
@@ -275,19 +344,44 @@ class LLMCompiler:
                 break
             feedback = decision.thought or "some results are missing or failed"
 
-    def _account(self, res: CompilerResult, usage: Usage) -> None:
-        """Add one LLM call's usage to ``res``; stop the run if a limit is now exceeded."""
+    def _account(self, res: CompilerResult, usage: Usage, call: _LLMCall) -> None:
+        """Add one LLM call's usage to ``res`` and its trace; stop the run if a limit is now exceeded."""
+        call.settle(usage)
         res.usage = res.usage + usage
-        if self._cost is not None:
-            res.cost_usd = self._cost(res.usage)
+        res.cost_usd = self._price(res.usage)
         if (msg := self.usage_limits.exceeded(res.usage, res.llm_calls, res.cost_usd)) is not None:
             raise _LimitReached(msg)
 
-    def _before_llm_call(self, res: CompilerResult) -> None:
-        """Count an LLM call about to start, unless a limit leaves no room for it."""
+    def _price(self, usage: Usage) -> float | None:
+        """USD of ``usage`` for this model (genai-prices or a registered price; 0 when local),
+        or None when no price is known."""
+        cost = price(self.model_name, input_tokens=usage.input_tokens, output_tokens=usage.output_tokens,
+                     cached_input_tokens=min(usage.cached_tokens, usage.input_tokens), local=self.local)
+        return None if cost.usd is None else float(cost.usd)
+
+    def _before_llm_call(self, res: CompilerResult, role: str, msgs: list[Message],
+                         max_tokens: int) -> _LLMCall:
+        """Count an LLM call about to start, unless a limit leaves no room for it; open its span,
+        start measuring the engine's energy, and hold its worst-case cost against the budget
+        (prompt tokens bounded by the prompt's UTF-8 bytes: a token is at least one byte)."""
         if (msg := self.usage_limits.exhausted(res.usage, res.llm_calls, res.cost_usd)) is not None:
             raise _LimitReached(msg)
+        hold = None
+        if self._budget is not None:
+            prompt_bytes = sum(len((m.content or "").encode()) + 8 for m in msgs)
+            try:
+                hold = self._budget.reserve(self.model_name, prompt_tokens=prompt_bytes,
+                                            max_tokens=max_tokens, local=self.local)
+            except UsageLimitExceeded as exc:
+                raise _LimitReached(f"usage limit reached: {exc}") from None
         res.llm_calls += 1
+        span = self.tracer.chat(self.model_name, max_tokens=max_tokens, local=self.local)
+        span.set("agentrt.llm.role", role)
+        meter = None
+        if self.engine_pid:
+            meter = EnergyMeter(pid=self.engine_pid)
+            meter.__enter__()
+        return _LLMCall(span, meter, hold)
 
     def _event_handler(self, res: CompilerResult, validator: PlanValidator,
                        dispatch: Callable[[Task], None]) -> Callable[[list[Any]], bool]:
@@ -320,13 +414,18 @@ class LLMCompiler:
         The stream is read to its end even after the plan ended, for exact usage: a text plan
         stops at ``join()`` (the server ends the stream at once, freeing the slot, instead of
         letting a small model go on to answer the question itself)."""
-        self._before_llm_call(res)
-        stream = await self._plan_stream(msgs)
-        async for delta in stream:
-            if delta.done and delta.completion is not None:
-                self._account(res, delta.completion.usage)
-            elif delta.content:
-                yield delta.content
+        call = self._before_llm_call(res, "planner", msgs, self.plan_max_tokens)
+        try:
+            stream = await self._plan_stream(msgs)
+            async for delta in stream:
+                if delta.done and delta.completion is not None:
+                    self._account(res, delta.completion.usage, call)
+                elif delta.content:
+                    yield delta.content
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end()
 
     @staticmethod
     def _finish_plan(parser: TextPlanParser | JsonPlanParser, handle: Callable[[list[Any]], bool],
@@ -402,20 +501,25 @@ class LLMCompiler:
         if self.replan == "on_failure" and res.tasks and not res.issues and all(
                 r.ok for r in res.results.values()):
             schema = _ANSWER_ONLY_SCHEMA
-        self._before_llm_call(res)
-        stream = await self.model.complete(
-            msgs, stream=True, max_tokens=self.joiner_max_tokens,
-            response_format={"type": "json_schema",
-                             "json_schema": {"name": "join", "schema": schema, "strict": True}},
-        )
+        call = self._before_llm_call(res, "joiner", msgs, self.joiner_max_tokens)
         reader, parts = AnswerFieldReader(), []
-        async for delta in stream:  # type: ignore[union-attr]
-            if delta.done and delta.completion is not None:
-                self._account(res, delta.completion.usage)
-            elif delta.content:
-                parts.append(delta.content)
-                if piece := reader.feed(delta.content):
-                    self._emit(AnswerDelta(text=piece))
+        try:
+            stream = await self.model.complete(
+                msgs, stream=True, max_tokens=self.joiner_max_tokens,
+                response_format={"type": "json_schema",
+                                 "json_schema": {"name": "join", "schema": schema, "strict": True}},
+            )
+            async for delta in stream:  # type: ignore[union-attr]
+                if delta.done and delta.completion is not None:
+                    self._account(res, delta.completion.usage, call)
+                elif delta.content:
+                    parts.append(delta.content)
+                    if piece := reader.feed(delta.content):
+                        self._emit(AnswerDelta(text=piece))
+        except BaseException as exc:
+            call.end(exc)
+            raise
+        call.end()
         text = "".join(parts).strip()
         try:
             data = json.loads(text)

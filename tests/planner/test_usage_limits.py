@@ -8,9 +8,9 @@ import anyio
 import pytest
 from _scripted import ScriptedModel, make_registry
 
-from agentrt.errors import UsageLimitExceeded
-from agentrt.llm import Usage
+from agentrt.errors import ConfigError, UsageLimitExceeded
 from agentrt.planner import AnswerDelta, JoinDecision, LLMCompiler, UsageLimits
+from agentrt.tracing import register_price
 
 pytestmark = pytest.mark.anyio
 
@@ -66,16 +66,23 @@ async def test_wall_time_limit_cancels_a_hanging_call_and_keeps_the_rest() -> No
     assert part.wall_seconds < 2
 
 
-async def test_cost_limit_uses_the_price_function() -> None:
-    def cost(u: Usage) -> float:  # 1 USD per 100 tokens
-        return (u.input_tokens + u.output_tokens) / 100
+async def test_cost_limit_holds_each_calls_worst_case_before_sending() -> None:
+    # 1 USD per million input and output tokens; the planner call holds (prompt bytes + 512) tokens
+    register_price("scripted-priced", input_per_mtok=1.0, output_per_mtok=1.0)
+    model = ScriptedModel([['1. search(query="a")\n2. join()']], [ANSWER])
+    model.model_name = "scripted-priced"
+    res = await LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_cost_usd=1.0)).run("q")
+    assert res.cost_usd == pytest.approx((150 + 30) / 1e6)  # both calls' real usage, priced
 
     model = ScriptedModel([['1. search(query="a")\n2. join()']], [ANSWER])
-    compiler = LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_cost_usd=1.0), cost=cost)
-    with pytest.raises(UsageLimitExceeded, match=r"cost \(USD\) 1.2 > 1"):
-        await compiler.run("q")
-    with pytest.raises(ValueError, match="cost function"):
-        LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_cost_usd=1.0))
+    model.model_name = "scripted-priced"
+    with pytest.raises(UsageLimitExceeded, match="usage limit reached") as info:
+        await LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_cost_usd=0.0001)).run("q")
+    assert info.value.partial.llm_calls == 0  # refused before sending: its worst case did not fit
+    assert len(model.plans) == 1
+
+    with pytest.raises(ConfigError, match="no price is known"):
+        LLMCompiler(ScriptedModel([], []), make_registry([]), usage_limits=UsageLimits(max_cost_usd=1.0))
 
 
 async def test_answer_deltas_stream_only_the_final_answer() -> None:

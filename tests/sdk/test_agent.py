@@ -9,7 +9,6 @@ import pytest
 from _scripted import ScriptedModel, make_registry
 
 from agentrt import Agent, UsageLimits
-from agentrt._agent import price_function
 from agentrt.errors import UsageLimitExceeded
 from agentrt.events import (
     AnswerDelta,
@@ -18,7 +17,6 @@ from agentrt.events import (
     TaskFinished,
     TaskStarted,
 )
-from agentrt.llm import Usage
 
 pytestmark = pytest.mark.anyio
 
@@ -78,15 +76,36 @@ async def test_run_limit_overrides_the_agents_and_partial_is_a_run_result() -> N
     assert info.value.partial.llm_calls == 1 and info.value.partial.partial
 
 
-def test_price_function_uses_genai_prices_and_says_unknown() -> None:
+async def test_cost_comes_from_genai_prices_with_cached_input_cheaper() -> None:
     from genai_prices import Usage as PU
     from genai_prices import calc_price
 
-    usage = Usage(input_tokens=1000, output_tokens=200, cached_tokens=400)
-    expected = float(calc_price(PU(input_tokens=1000, cache_read_tokens=400, output_tokens=200),
-                                model_ref="gpt-4o").total_price)
-    assert price_function("gpt-4o", local=False)(usage) == pytest.approx(expected)
-    # cached input is cheaper than fresh input
-    assert expected < float(calc_price(PU(input_tokens=1000, output_tokens=200), model_ref="gpt-4o").total_price)
-    assert price_function("no-such-model-xyz", local=False)(usage) is None
-    assert price_function("anything", local=True)(usage) == 0.0
+    model = ScriptedModel([PLAN], [ANSWER])
+    model.model_name = "gpt-4o"
+    res = await Agent(model, make_registry([]), tracing=False).run("q")
+    # the scripted planner call: 100 in / 20 out; the joiner: 50 in / 10 out
+    expected = float(calc_price(PU(input_tokens=150, output_tokens=30), model_ref="gpt-4o").total_price)
+    assert res.cost_usd == pytest.approx(expected) and res.trace_id is None
+
+
+async def test_a_run_is_traced_with_its_llm_calls_and_tool_calls(tmp_path) -> None:
+    from agentrt.tracing import TraceStore
+
+    store = TraceStore(tmp_path / "traces.sqlite")
+    try:
+        agent = Agent(ScriptedModel([PLAN], [ANSWER]), make_registry([]), tracing=store.tracer())
+        res = await agent.run("q")
+        store.flush()
+        spans = store.spans(res.trace_id)
+    finally:
+        store.close()
+    ops = sorted(s.operation for s in spans)
+    assert ops == ["chat", "chat", "execute_tool", "execute_tool", "invoke_agent"]
+    root = next(s for s in spans if s.operation == "invoke_agent")
+    assert all(s.parent_id == root.span_id for s in spans if s is not root)
+    tools = sorted((s for s in spans if s.operation == "execute_tool"), key=lambda s: s.start_ns)
+    assert [s.attributes["gen_ai.tool.name"] for s in tools] == ["search", "search"]
+    chats = [s for s in spans if s.operation == "chat"]
+    assert sum(s.attributes["gen_ai.usage.input_tokens"] for s in chats) == res.usage.input_tokens
+    assert {s.attributes["agentrt.llm.role"] for s in chats} == {"planner", "joiner"}
+    assert all(root.start_ns <= s.start_ns and s.end_ns <= root.end_ns for s in spans)
