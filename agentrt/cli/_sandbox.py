@@ -111,6 +111,8 @@ def run_cmd(
     rw: list[str] = typer.Option([], "--rw", help="Host path visible read-write (repeatable)."),
     disk: str | None = typer.Option(None, help="Size of the private /tmp holding the work dir (e.g. 64M)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (exit code, usage, output)."),
+    interactive: bool = typer.Option(False, "--interactive", "-i",
+                                     help="Pass this command's standard input to CMD (read to its end first)."),
 ) -> None:
     """Run CMD in a sandbox; print its output, exit status and usage; exit with its status."""
     net: str | tuple[str, ...] = network if network in ("none", "loopback") else tuple(
@@ -120,7 +122,8 @@ def run_cmd(
                         network=net, disk=disk, read_only_paths=tuple(ro), writable_paths=tuple(rw))
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
-    stdin = None if sys.stdin is None or sys.stdin.isatty() else sys.stdin.buffer.read()
+    # like `docker run -i`: stdin only when asked, so a script whose stdin stays open never hangs here
+    stdin = sys.stdin.buffer.read() if interactive and sys.stdin is not None else None
     try:
         be = get_backend(backend)
     except ValueError as exc:

@@ -41,3 +41,18 @@ def test_docker_backend_says_it_is_not_available_or_builds():
 def test_unknown_backend_is_a_value_error():
     with pytest.raises(ValueError, match="namespace"):
         get_backend("chroot")
+
+
+async def test_tool_runs_in_process_with_its_schema():
+    from agentrt.tools import tool
+
+    @tool
+    def double(x: int) -> int:
+        """Double x."""
+        return 2 * x
+
+    sb = NoneBackend().start()
+    r = await sb.exec(double, args={"x": "4"})
+    assert r.ok and r.value == 8 and r.usage.model_extra["limits_enforced"] is False
+    bad = await sb.exec(double, args={"x": "four"})
+    assert bad.error_kind == "invalid_args"

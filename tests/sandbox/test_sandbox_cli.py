@@ -40,8 +40,10 @@ def test_json_reports_usage_and_oom_exit_code():
 def test_timeout_exit_code_and_stdin():
     r = run("--timeout", "0.5", "--", "sleep", "30")
     assert r.returncode == 124 and "timeout" in r.stderr
-    r = run("--", "cat", stdin="piped")
+    r = run("-i", "--", "cat", stdin="piped")
     assert r.returncode == 0 and r.stdout == "piped"
+    r = run("--", "cat", stdin="not passed without -i")
+    assert r.returncode == 0 and r.stdout == ""
 
 
 def test_cpu_throttling_is_printed():
