@@ -34,10 +34,26 @@ def print_run(result: Any) -> None:
         f"wall {result.wall_seconds:.2f} s, first call at {result.first_dispatch_seconds or 0:.2f} s; "
         f"critical path {' -> '.join(map(str, path)) or '-'} ({path_s:.2f} s)[/]"
     )
-    trace_id = getattr(result, "trace_id", None)
-    if trace_id:
-        summary = getattr(result, "trace_summary", None)
-        if summary:
-            console.print(f"[dim]trace: {summary}[/]")
-        console.print(f"[dim]details: agentrt trace show {trace_id[:12]}   "
-                      f"timeline: agentrt trace plot {trace_id[:12]} -o timeline.png[/]")
+    if result.trace_id:
+        print_trace(result.trace_id)
+
+
+def print_trace(trace_id: str) -> None:
+    """The run's trace summary from the local trace store: spans, energy, parallel efficiency."""
+    from agentrt.tracing import get_store
+
+    store = get_store()
+    store.flush()
+    short = trace_id[:12]
+    try:
+        run = store.run(trace_id)
+    except KeyError:
+        console.print(f"[dim]trace {short}: not in the store yet[/]")
+        return
+    energy = f"{run.energy_j:.1f} J ({run.energy_method})" if run.energy_j is not None else "unknown"
+    cost = "unknown" if run.cost_usd is None else f"{run.cost_usd:.6f} USD"
+    eff = f"{run.parallel_efficiency:.2f}" if run.parallel_efficiency is not None else "-"
+    console.print(f"[dim]trace {short}: {run.span_count} spans, {run.llm_calls} LLM calls, "
+                  f"{run.tool_calls} tool calls; energy {energy}; cost {cost}; "
+                  f"tool calls in flight on average {eff}; critical path {run.critical_path_s:.2f} s\n"
+                  f"  agentrt trace show {short}   |   agentrt trace plot {short} -o timeline.png[/]")

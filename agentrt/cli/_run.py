@@ -223,6 +223,7 @@ def _report(result: Any, as_json: bool) -> None:
             "wall_seconds": result.wall_seconds, "first_dispatch_seconds": result.first_dispatch_seconds,
             "critical_path": {"tasks": result.critical_path[0], "seconds": result.critical_path[1]},
             "rounds": result.rounds, "issues": result.issues, "cost_usd": result.cost_usd,
+            "trace_id": result.trace_id,
         }
         console.print_json(json.dumps(out, default=str))
         return
@@ -239,6 +240,9 @@ def _report(result: Any, as_json: bool) -> None:
         f"critical path: {' -> '.join(map(str, path)) or '-'} ({path_s:.2f} s of tool time); "
         f"cost: {_cost_text(result.cost_usd)}[/]"
     )
+    if result.trace_id:
+        short = result.trace_id[:12]
+        console.print(f"[dim]trace {short}: agentrt trace show {short}  |  agentrt trace plot {short} -o timeline.png[/]")
 
 
 def _cost_text(cost: float | None) -> str:
