@@ -64,7 +64,17 @@ CLEAN_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORKDIR, "TMPDIR": 
 #: Bytes of stdout and of stderr kept per call (the rest is counted, not kept).
 OUTPUT_CAP = 1 << 20
 
+#: Processes bubblewrap itself keeps in a call's cgroup (its monitor and the namespace's init),
+#: added to ``Limits.pids`` so that the limit counts the tool's own processes.
+SANDBOX_PIDS = 2
+
 _driver: CgroupDriver | None = None
+
+
+def call_limits(limits: Limits) -> CallLimits:
+    """The cgroup limits of a call: `Limits` with pids.max raised by `SANDBOX_PIDS`."""
+    c = CallLimits.from_limits(limits)
+    return CallLimits(c.memory_max, c.memory_high, c.cpu, None if c.pids is None else c.pids + SANDBOX_PIDS)
 
 
 class DeniedLimits(ValueError):
@@ -341,7 +351,7 @@ class NamespaceSandbox:
                         cap: int) -> Outcome | None:
         t0 = time.perf_counter()
         try:
-            w.call.update(CallLimits.from_limits(limits))
+            w.call.update(call_limits(limits))
         except SandboxError:  # e.g. a memory limit below what the waiting sandbox holds
             w.call.close()
             await w.proc.aclose()
@@ -402,7 +412,7 @@ class NamespaceSandbox:
         warm = self._take_warm(limits, argv, extra)
         o = await self._run_warm(warm, argv, limits, feed, cap) if warm is not None else None
         if o is None:
-            call = self.session.call(limits)
+            call = self.session.call(call_limits(limits))
             try:
                 o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV, cap=cap)
             finally:

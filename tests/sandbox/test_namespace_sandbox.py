@@ -12,6 +12,7 @@ from pathlib import Path
 import anyio
 import pytest
 
+from agentrt.sandbox._namespace import SANDBOX_PIDS
 from agentrt.tools import Limits
 
 pytestmark = pytest.mark.anyio
@@ -51,7 +52,14 @@ async def test_fork_bomb_stops_at_pids_max(sandbox):
     r = await sandbox.exec(["/bin/sh", "-c", "while :; do sleep 30 & done"], Limits(pids=16, timeout=1.5))
     extra = r.usage.model_extra
     assert extra["pids_max_hits"] > 0
-    assert extra["pids_peak"] is None or extra["pids_peak"] <= 16
+    assert extra["pids_peak"] is None or extra["pids_peak"] <= 16 + SANDBOX_PIDS
+
+
+async def test_pids_limit_counts_the_tools_processes_not_the_sandboxs(sandbox):
+    one = await sandbox.exec(["true"], Limits(pids=1))
+    assert one.ok, one
+    two = await sandbox.exec(["/bin/sh", "-c", "true & wait"], Limits(pids=1))
+    assert not two.ok and two.usage.model_extra["pids_max_hits"] > 0
 
 
 async def test_cpu_spinner_is_throttled_to_its_quota(sandbox):
