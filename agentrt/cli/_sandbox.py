@@ -114,7 +114,11 @@ def run_cmd(
     interactive: bool = typer.Option(False, "--interactive", "-i",
                                      help="Pass this command's standard input to CMD (read to its end first)."),
 ) -> None:
-    """Run CMD in a sandbox; print its output, exit status and usage; exit with its status."""
+    """Run CMD in a sandbox; print its output, exit status and usage; exit with its status.
+
+    Exit status: CMD's own; 124 if killed at --timeout; 137 if OOM-killed at --memory; 128+N if
+    killed by signal N; 125 if the sandbox could not run it (a missing part, or denied limits).
+    """
     net: str | tuple[str, ...] = network if network in ("none", "loopback") else tuple(
         x.strip() for x in network.split(",") if x.strip())
     try:
