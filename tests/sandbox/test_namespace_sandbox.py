@@ -282,3 +282,31 @@ async def test_prewarmed_calls_keep_their_limits_and_leave_nothing(ns_backend):
         assert custom.ok and sb.warm_hits == 3
         dirs = list(sb.session.dirs.values())
     assert not any(d.exists() for d in dirs)  # prewarmed groups went with the session
+
+
+def test_function_defined_in_a_script_runs_by_its_file(ns_backend, tmp_path):
+    """A tool function in a script run as __main__ is loaded by path (its main block stays idle)."""
+    import subprocess
+
+    script = tmp_path / "agent_script.py"
+    script.write_text(
+        "import anyio\n"
+        "from agentrt.sandbox import NamespaceBackend\n\n"
+        "def shout(text: str) -> str:\n"
+        "    import os\n"
+        "    return text.upper() + ' from pid ' + str(os.getpid())\n\n"
+        "async def main():\n"
+        "    sb = NamespaceBackend().start()\n"
+        "    try:\n"
+        "        r = await sb.exec(shout, args={'text': 'hi'})\n"
+        "    finally:\n"
+        "        sb.close()\n"
+        "    print(r.ok, r.value, r.error)\n\n"
+        "if __name__ == '__main__':\n"
+        "    anyio.run(main)\n")
+    r = subprocess.run([PY, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    import re
+
+    m = re.fullmatch(r"True HI from pid (\d+) None\n", r.stdout)
+    assert m, r.stdout + r.stderr
+    assert int(m.group(1)) < 10  # a pid of the call's own namespace
