@@ -196,10 +196,15 @@ class VectorIndex:
 
     # ---- buffer ----------------------------------------------------------------------------
     def add(self, ids: np.ndarray, vecs: np.ndarray) -> None:
-        """Add rows (ids above the hwm) to the exact buffer: searchable when this returns."""
+        """Add rows to the exact buffer (ids at or below the hwm are already in the main index and
+        are skipped): searchable when this returns."""
         ids = np.asarray(ids, dtype=np.int64).reshape(-1)
         vecs = np.asarray(vecs, dtype=np.float32).reshape(len(ids), self.dim)
         with self._lock:
+            if self.hwm and len(ids) and ids.min() <= self.hwm:
+                # a rebuild from SQLite already covered these (their commit raced the rebuild)
+                keep = ids > self.hwm
+                ids, vecs = ids[keep], vecs[keep]
             need = self._n + len(ids)
             if need > len(self._ids):
                 cap = max(need, 2 * len(self._ids), 256)
