@@ -406,8 +406,14 @@ def _locomo(data_dir: Path, n_convs: int, threads: int, tmp: Path, progress) -> 
     from rank_bm25 import BM25Okapi
 
     from agentrt.config import get_settings
-    from agentrt.memory_store import (Event, LookasideCache, MemoryStore, MiniLMEmbedder, minilm_tokenizer_path,
-                                      tokens)
+    from agentrt.memory_store import (
+        Event,
+        LookasideCache,
+        MemoryStore,
+        MiniLMEmbedder,
+        minilm_tokenizer_path,
+        tokens,
+    )
 
     embedder = MiniLMEmbedder(minilm_tokenizer_path(get_settings().data_dir), threads=threads)
     convs = load_locomo(data_dir)[:n_convs]

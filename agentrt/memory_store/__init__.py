@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from agentrt.memory_store._blobs import BlobStore
+from agentrt.memory_store._blocks import Blocks
 from agentrt.memory_store._cache import CacheStats, LookasideCache
 from agentrt.memory_store._codec import dequantize, int8_scores, quantize
 from agentrt.memory_store._embed import (
@@ -27,24 +28,47 @@ from agentrt.memory_store._embed import (
 from agentrt.memory_store._index import IndexParams, VectorIndex
 from agentrt.memory_store._keyword import fts_query, tokens
 from agentrt.memory_store._schema import EDGE_TYPES
-from agentrt.memory_store._store import (
+from agentrt.memory_store._store import MemoryStore
+from agentrt.memory_store._types import (
     Block,
-    Blocks,
     Edge,
     Event,
     Filters,
     Hit,
-    MemoryStore,
     SearchResult,
     StoredEvent,
 )
 
 __all__ = [
-    "Block", "Blocks", "BlobStore", "CacheStats", "EDGE_TYPES", "Edge", "Embedder", "Event", "Filters",
-    "HashingEmbedder", "Hit", "IndexParams", "LookasideCache", "MemoryStore", "MiniLMEmbedder",
-    "OpenAIEmbedder", "SearchResult", "StoredEvent", "VectorIndex", "default_store_path", "dequantize",
-    "fts_query", "int8_scores", "make_embedder", "minilm_tokenizer_path", "open_store", "prepare_minilm",
-    "quantize", "tokens",
+    "EDGE_TYPES",
+    "BlobStore",
+    "Block",
+    "Blocks",
+    "CacheStats",
+    "Edge",
+    "Embedder",
+    "Event",
+    "Filters",
+    "HashingEmbedder",
+    "Hit",
+    "IndexParams",
+    "LookasideCache",
+    "MemoryStore",
+    "MiniLMEmbedder",
+    "OpenAIEmbedder",
+    "SearchResult",
+    "StoredEvent",
+    "VectorIndex",
+    "default_store_path",
+    "dequantize",
+    "fts_query",
+    "int8_scores",
+    "make_embedder",
+    "minilm_tokenizer_path",
+    "open_store",
+    "prepare_minilm",
+    "quantize",
+    "tokens",
 ]
 
 

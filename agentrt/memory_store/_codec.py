@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["quantize", "dequantize", "int8_scores"]
+__all__ = ["dequantize", "int8_scores", "quantize"]
 
 
 def quantize(vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

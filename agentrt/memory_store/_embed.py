@@ -21,15 +21,23 @@ import sys
 import tempfile
 import threading
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Protocol, Sequence, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 from agentrt.errors import EmbedderNotInstalled, MemoryStoreError
 
-__all__ = ["Embedder", "MiniLMEmbedder", "OpenAIEmbedder", "HashingEmbedder", "prepare_minilm",
-           "minilm_tokenizer_path", "make_embedder"]
+__all__ = [
+    "Embedder",
+    "HashingEmbedder",
+    "MiniLMEmbedder",
+    "OpenAIEmbedder",
+    "make_embedder",
+    "minilm_tokenizer_path",
+    "prepare_minilm",
+]
 
 log = logging.getLogger(__name__)
 

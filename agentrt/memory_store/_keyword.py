@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-__all__ = ["STOPWORDS", "tokens", "fts_query", "minmax", "fuse"]
+__all__ = ["STOPWORDS", "fts_query", "fuse", "minmax", "tokens"]
 
 _TOKEN = re.compile(r"[a-z0-9]+")
 
@@ -25,7 +25,7 @@ of at by for with about against between into through during before after above b
 on off over under again further then once here there when where why how all any both each few more most
 other some such no nor not only own same so than too very s t can will just don should now d ll m o re ve y
 ain aren couldn didn doesn hadn hasn haven isn ma mightn mustn needn shan shouldn wasn weren won wouldn
-""".split())
+""".split())  # noqa: SIM905 - one list, readable as text
 
 
 def tokens(text: str, *, drop_stopwords: bool = True) -> list[str]:

@@ -21,7 +21,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-__all__ = ["SCHEMA_VERSION", "connect", "create_schema", "EDGE_TYPES"]
+__all__ = ["EDGE_TYPES", "SCHEMA_VERSION", "connect", "create_schema"]
 
 SCHEMA_VERSION = 1
 #: Edge types of the episodic graph. ``next`` is implicit in ``events.prev_id`` (no row per append).

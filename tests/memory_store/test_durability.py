@@ -9,10 +9,9 @@ import time
 
 import numpy as np
 import pytest
+from _memory_helpers import unit
 
 from agentrt.memory_store import Event, MemoryStore
-
-from _memory_helpers import unit
 
 
 def _build(path, params, vecs):

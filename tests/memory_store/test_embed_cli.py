@@ -11,7 +11,12 @@ from typer.testing import CliRunner
 from agentrt.cli import app
 from agentrt.config import get_settings
 from agentrt.memory_store import (
-    Event, HashingEmbedder, MemoryStore, MiniLMEmbedder, OpenAIEmbedder, minilm_tokenizer_path,
+    Event,
+    HashingEmbedder,
+    MemoryStore,
+    MiniLMEmbedder,
+    OpenAIEmbedder,
+    minilm_tokenizer_path,
 )
 
 
@@ -50,7 +55,7 @@ def test_store_with_minilm_finds_a_paraphrase_bm25_cannot(tmp_path, minilm):
 
 
 class _Handler(BaseHTTPRequestHandler):
-    def do_POST(self):  # noqa: N802 - http.server's naming
+    def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         vecs = HashingEmbedder(8).embed(body["input"])
         data = [{"index": i, "embedding": (v * 3).tolist()} for i, v in enumerate(vecs)][::-1]

@@ -5,11 +5,16 @@ import time
 
 import numpy as np
 import pytest
+from _memory_helpers import unit
 
 from agentrt.errors import MemoryConflict, MemoryStoreError
-from agentrt.memory_store import Event, Filters, HashingEmbedder, LookasideCache, MemoryStore
-
-from _memory_helpers import unit
+from agentrt.memory_store import (
+    Event,
+    Filters,
+    HashingEmbedder,
+    LookasideCache,
+    MemoryStore,
+)
 
 
 def test_event_is_searchable_as_soon_as_append_returns(store):
