@@ -266,8 +266,7 @@ async def _bench(cfg: dict[str, Any], progress: Callable[[str], None]) -> dict[s
              f"{systems['namespace']['on_demand_overhead']['cpu_mean_ms']} ms (this process + children); "
              "the rest of its wall overhead is waiting for a CPU on a shared 2-core host (see machine.loadavg)",
              "namespace_back_to_back: the same systems with no idle gap; each call then also competes with the "
-             "previous one's teardown (the kernel frees a network namespace asynchronously) and, prewarmed, "
-             "with the refill; the targets use the run with gaps"]
+             "previous one's teardown and, prewarmed, with the refill; the targets use the run with gaps"]
     if c_over is None:
         notes.append("container backend not built in this commit; its target stays unmet until it is")
     return {"bench": "sandbox", "config": {k: v for k, v in cfg.items()}, "systems": systems,
