@@ -24,6 +24,7 @@ __all__ = [
     "InvalidArguments",
     "SandboxError",
     "SandboxUnavailable",
+    "ExecutorUnavailable",
     "LimitExceeded",
     "UsageLimitExceeded",
     "RunCancelled",
@@ -110,6 +111,13 @@ class SandboxUnavailable(SandboxError):
     """A part the sandbox needs is missing on this host (cgroups, bubblewrap, root, a backend).
 
     The message names the missing part and the command or step that adds it.
+    """
+
+
+class ExecutorUnavailable(AgentrtError):
+    """An executor backend cannot run: its package is missing or its cluster is unreachable.
+
+    The message names what is missing and how to add it (e.g. ``pip install 'agentrt[ray]'``).
     """
 
 
