@@ -79,6 +79,9 @@ class Settings(BaseSettings):
         memory: episodic memory store settings.
         default_memory, default_cpu, default_pids, default_timeout: the default resource
             intent of a tool that declares none (bytes, cores, processes, seconds).
+        docker_host: Docker Engine API URL of the container backend (``AGENTRT_DOCKER_HOST``).
+        admission_memory_fraction, admission_memory_budget: the memory budget (fraction of
+            MemAvailable, or bytes) that admission control reserves sandboxed calls' intents against.
     """
 
     model_config = SettingsConfigDict(
@@ -97,6 +100,13 @@ class Settings(BaseSettings):
     default_cpu: float = Field(1.0, gt=0)
     default_pids: int = Field(64, ge=1)
     default_timeout: float = Field(60.0, gt=0)
+    docker_host: str | None = Field(None, description="Docker Engine API URL for the container sandbox "
+                                    "backend (unix:///... or tcp://...); None: $DOCKER_HOST, else the podman "
+                                    "socket scripts/podman-service starts under <data dir>/podman/.")
+    admission_memory_fraction: float = Field(0.8, gt=0, le=1, description="Share of MemAvailable (at start) "
+                                             "that sandboxed tool calls may reserve at once (admission control).")
+    admission_memory_budget: int | None = Field(None, gt=0, description="Explicit admission budget in bytes; "
+                                                "overrides admission_memory_fraction.")
 
     @classmethod
     def settings_customise_sources(
