@@ -257,9 +257,15 @@ def _rmdir(d: Path, deadline: float) -> None:
         except FileNotFoundError:
             return
         except OSError as exc:
-            # EBUSY: a task that was just killed is still exiting (pid namespaces die async)
+            # EBUSY: a task that was just killed is still exiting (pid namespaces die async), or
+            # one joined after the group was drained (a launch cancelled mid-spawn): kill it too
             if exc.errno not in (errno.EBUSY, errno.ENOTEMPTY) or time.monotonic() > deadline:
                 raise SandboxError(f"cannot remove cgroup {d}: {exc.strerror}") from exc
+            for pid in _procs(d):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
         time.sleep(delay)
         delay = min(delay * 2, 0.02)
 

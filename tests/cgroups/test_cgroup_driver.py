@@ -165,6 +165,28 @@ def test_close_kills_and_drains_a_call_with_children(driver):
     assert _groups_of(driver) == []
 
 
+def test_close_kills_a_process_that_joined_after_the_drain(driver, monkeypatch):
+    # a prewarmed launch joins its call while the call is being closed: the drain saw the group
+    # empty, so removing it meets EBUSY; close must kill the late joiner, not fail after 5 s
+    import agentrt.cgroups._driver as drv
+
+    s = driver.session()
+    c = s.call(CallLimits(pids=8))
+    p = subprocess.Popen(shim_argv(c.procs_files, ["/bin/sleep", "60"]))
+    deadline = time.monotonic() + 5
+    while not c.pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert c.pids()
+    monkeypatch.setattr(drv, "_populated", lambda dirs, v2: False)  # the drain misses it
+    t0 = time.monotonic()
+    c.close(timeout=3)
+    assert time.monotonic() - t0 < 2
+    assert p.wait(timeout=5) == -signal.SIGKILL
+    monkeypatch.undo()
+    s.close()
+    assert _groups_of(driver) == []
+
+
 def test_shim_fails_with_its_own_status_when_it_cannot_join(tmp_path):
     missing = tmp_path / "nope" / "cgroup.procs"
     r = subprocess.run(shim_argv([missing], ["/bin/echo", "ran"]), capture_output=True, text=True)
