@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
@@ -12,7 +13,13 @@ import anyio
 
 from agentrt.config import LOCAL_MODEL_NAME, Settings, get_settings
 from agentrt.errors import UsageLimitExceeded
-from agentrt.executor import Task
+from agentrt.executor import (
+    ExecutorBackend,
+    LocalBackend,
+    SandboxedBackend,
+    Task,
+    default_backend,
+)
 from agentrt.llm import ChatModel, Usage
 from agentrt.planner import CompilerResult, LLMCompiler, PlanExample, UsageLimits
 from agentrt.tools import Tool, ToolRegistry, ToolResult
@@ -98,6 +105,14 @@ class Agent:
         on_event: called with every run event (see `agentrt.events`); must be cheap.
         tracing: record each run in the local trace store (``agentrt trace ...``): True (the
             default), False, or a `Tracer` to record with.
+        sandbox: where tool calls run. ``"auto"`` (default): tools declaring
+            ``runs_in="sandbox"`` run in the namespace sandbox, each call under its own cgroup
+            limits, where this host can (else they are refused with ``denied``, never run
+            unconfined, and a warning names what is missing); ``"namespace"`` / ``"docker"``:
+            that sandbox backend, an error if unavailable; ``"none"``: no sandbox; or any
+            `ExecutorBackend` (e.g. Ray's).
+        sandbox_all: also run in-process tools in the sandbox (each call in a worker process
+            under its tool's limits; slower, and the tool must be importable there).
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -114,6 +129,8 @@ class Agent:
         settings: Settings | None = None,
         on_event: Callable[[Any], None] | None = None,
         tracing: bool | Tracer = True,
+        sandbox: str | ExecutorBackend = "auto",
+        sandbox_all: bool = False,
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
@@ -123,6 +140,9 @@ class Agent:
         self.usage_limits = usage_limits or UsageLimits()
         self.on_event = on_event
         self._tracing = tracing
+        self._sandbox_spec, self._sandbox_all = sandbox, sandbox_all
+        self._backend: ExecutorBackend | None = None  # held open between runs by `async with`
+        self._backend_stack: AsyncExitStack | None = None
         self._model = model
         self._engine: Any = None
         self._local = False  # the model is the embedded local engine (cost 0 USD)
@@ -157,12 +177,38 @@ class Agent:
         model_name = getattr(model, "model_name", None) or "unknown"
         local = self._local or model_name == LOCAL_MODEL_NAME
         tracer = self._tracer()
-        compiler = LLMCompiler(
-            model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
-            max_concurrency=self.max_concurrency, on_event=on_event,
-            usage_limits=usage_limits or self.usage_limits, tracer=tracer, model_name=model_name,
-            local=local, engine_pid=self._engine_pid() if local else None,
-        )
+        async with AsyncExitStack() as stack:
+            backend = self._backend
+            if backend is None:  # not inside `async with agent`: a backend for this run only
+                backend = await self._open_backend(stack)
+            compiler = LLMCompiler(
+                model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
+                max_concurrency=self.max_concurrency, on_event=on_event, backend=backend,
+                usage_limits=usage_limits or self.usage_limits, tracer=tracer, model_name=model_name,
+                local=local, engine_pid=self._engine_pid() if local else None,
+            )
+            return await self._traced_run(compiler, tracer, question, model_name)
+
+    async def _open_backend(self, stack: AsyncExitStack) -> ExecutorBackend:
+        """The executor backend ``sandbox`` names, entered on ``stack`` (which keeps a sandbox
+        session's calls prewarmed while open)."""
+        spec = self._sandbox_spec
+        if not isinstance(spec, str):
+            backend = spec
+        elif spec == "none":
+            backend = LocalBackend()
+        elif spec == "auto":
+            backend = default_backend("namespace")
+            if isinstance(backend, SandboxedBackend):
+                backend.sandbox_all = self._sandbox_all
+        else:
+            backend = SandboxedBackend(spec, sandbox_all=self._sandbox_all)
+        if hasattr(backend, "__aenter__"):
+            await stack.enter_async_context(backend)  # type: ignore[arg-type]
+        return backend
+
+    async def _traced_run(self, compiler: LLMCompiler, tracer: Tracer, question: str,
+                          model_name: str) -> RunResult:
         with tracer.run(agent="agentrt", question=question) as run_span:
             trace_id = run_span.run_id if tracer.enabled else None
             run_span.set("gen_ai.request.model", model_name)
@@ -212,14 +258,22 @@ class Agent:
         return anyio.run(once)
 
     async def aclose(self) -> None:
-        """Stop the local engine if this agent started it."""
-        engine, self._engine = self._engine, None
-        if engine is not None:
-            await engine.stop()
-            self._model = None
+        """Close the sandbox session and stop the local engine if this agent started them."""
+        stack, self._backend_stack, self._backend = self._backend_stack, None, None
+        try:
+            if stack is not None:
+                await stack.aclose()
+        finally:
+            engine, self._engine = self._engine, None
+            if engine is not None:
+                await engine.stop()
+                self._model = None
 
     async def __aenter__(self) -> Agent:
         await self._ensure_model()
+        stack = AsyncExitStack()
+        self._backend = await self._open_backend(stack)
+        self._backend_stack = stack
         return self
 
     async def __aexit__(self, *exc: object) -> None:
