@@ -139,6 +139,9 @@ def run(
     max_tool_calls: int | None = typer.Option(None, "--max-tool-calls", min=0, help="Stop before exceeding this many tool calls."),
     max_seconds: float | None = typer.Option(None, "--max-seconds", min=0.001, help="Stop after this many seconds."),
     max_cost: float | None = typer.Option(None, "--max-cost", min=0, help="Stop above this cost in USD (priced models)."),
+    sandbox: str = typer.Option("auto", help="Where tool calls run: auto (the namespace sandbox where it works), "
+                                             "namespace, docker, or none."),
+    sandbox_all: bool = typer.Option(False, "--sandbox-all", help="Run in-process tools in the sandbox too."),
 ) -> None:
     """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results.
 
@@ -147,6 +150,8 @@ def run(
     """
     if not question.strip():
         raise typer.BadParameter("the question is empty")
+    if sandbox not in ("auto", "namespace", "docker", "none"):
+        raise typer.BadParameter(f"--sandbox must be auto, namespace, docker or none, not {sandbox!r}")
     from agentrt import Agent, UsageLimits
     from agentrt.config import get_settings
     from agentrt.tools.builtin import builtin_tools
@@ -155,6 +160,10 @@ def run(
         tools, examples = load_tools_file(tools_from)
     else:
         tools, examples = builtin_tools(roots=[Path.cwd()]), [BUILTIN_EXAMPLE]
+        if sandbox != "none":  # code and commands only where they run confined
+            from agentrt.tools.builtin import python, shell
+
+            tools += [python, shell]
     if tool_names:
         wanted = set(tool_names)
         unknown = wanted - {t.name for t in tools}
@@ -168,7 +177,7 @@ def run(
 
     async def go() -> Any:
         agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
-                      on_event=view.on_event, usage_limits=limits)
+                      on_event=view.on_event, usage_limits=limits, sandbox=sandbox, sandbox_all=sandbox_all)
         try:
             if as_json:
                 return await agent.run(question)
