@@ -7,8 +7,10 @@
   call (`agentrt.cgroups`); a session used as ``async with backend.start() as sandbox:`` keeps
   ``prewarm`` calls built ahead (cgroup + bubblewrap waiting), so a call starts in ~1 ms instead
   of ~6-10 ms; `NoneBackend` (``none``): unconfined, timed only.
-- `get_backend(name)`: a backend by name; ``docker`` when its module exists, else
-  `SandboxUnavailable` saying so.
+- `DockerBackend` (``docker``): one container per session through the Docker Engine API (tested
+  against Podman's socket, `scripts/podman-service`), each call a gated exec in its own sub-group
+  of the container's cgroup; a container per call when a call needs other mounts.
+- `get_backend(name)`: a backend by name.
 
 Error kinds of a call's result: ``oom`` (with ``usage.memory_peak_bytes``), ``timeout``,
 ``killed``, ``denied`` (limits the backend cannot give, e.g. a network allow-list),
@@ -20,10 +22,6 @@ pids_max_hits (namespace) or limits_enforced=False (none).
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
-from agentrt.errors import SandboxUnavailable
 from agentrt.sandbox._base import (
     EXIT_KILLED,
     EXIT_OOM,
@@ -33,6 +31,7 @@ from agentrt.sandbox._base import (
     Sandbox,
     SandboxBackend,
 )
+from agentrt.sandbox._docker import DockerBackend, DockerSandbox
 from agentrt.sandbox._namespace import NamespaceBackend, NamespaceSandbox, bwrap_argv
 from agentrt.sandbox._none import NoneBackend, NoneSandbox
 
@@ -41,6 +40,8 @@ __all__ = [
     "EXIT_KILLED",
     "EXIT_OOM",
     "EXIT_TIMEOUT",
+    "DockerBackend",
+    "DockerSandbox",
     "ExecTarget",
     "NamespaceBackend",
     "NamespaceSandbox",
@@ -60,7 +61,7 @@ def get_backend(name: str = "namespace", **options: object) -> SandboxBackend:
     """The backend called ``name`` (``namespace``, ``docker`` or ``none``), built with ``options``.
 
     Raises:
-        SandboxUnavailable: the backend cannot run here, or (``docker``) is not built yet.
+        SandboxUnavailable: the backend cannot run here (the message names what is missing).
         ValueError: unknown name.
     """
     if name == "namespace":
@@ -68,9 +69,5 @@ def get_backend(name: str = "namespace", **options: object) -> SandboxBackend:
     if name == "none":
         return NoneBackend()
     if name == "docker":
-        if importlib.util.find_spec("agentrt.sandbox._docker") is None:
-            raise SandboxUnavailable("the docker (container) sandbox backend is not available yet in "
-                                     "this version of agentrt; use --backend namespace")
-        module = importlib.import_module("agentrt.sandbox._docker")
-        return module.DockerBackend(**options)  # type: ignore[no-any-return]
+        return DockerBackend(**options)  # type: ignore[arg-type]
     raise ValueError(f"unknown sandbox backend {name!r}; choose one of {', '.join(BACKENDS)}")
