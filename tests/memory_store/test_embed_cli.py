@@ -116,3 +116,19 @@ def test_memory_cli_commands(tmp_path, monkeypatch):
     blob.write_bytes(b"broken")
     res = runner.invoke(app, ["memory", "check"])
     assert res.exit_code == 1 and '"ok": false' in res.output
+
+
+def test_open_store_uses_the_configured_path_durability_and_embedder(tmp_path, monkeypatch):
+    from agentrt.memory_store import default_store_path, open_store
+
+    monkeypatch.setenv("AGENTRT_HOME", str(tmp_path))
+    monkeypatch.setenv("AGENTRT_MEMORY__EMBEDDER", "hashing")
+    monkeypatch.setenv("AGENTRT_MEMORY__DURABILITY", "power")
+    settings = get_settings()
+    with open_store(settings) as s:
+        assert s.path == tmp_path / "memory" / "memory.db" == default_store_path(settings)
+        assert s.durability == "power" and s.embedder.name == "hashing-384"
+        qid = s.append_episode("run", "Which port does the engine use?", None, [], "8765")
+    with open_store(settings) as s:  # durable across opens
+        assert "8765" in s.relevant_episodes("engine port")
+        assert s.get(qid).kind == "question"
