@@ -27,7 +27,21 @@ be created, written or removed.
 Extension points for later parts (admission control, the container backend, eBPF): a session's
 ``memory_max`` is the session budget; a call's ``dirs`` maps each controller to its directory
 (e.g. to place a container exec's pid by writing ``call.procs_files``); ``cgroup_id`` keys eBPF
-maps. Modules named ``_ebpf*`` in this package are reserved for the eBPF monitor.
+maps.
+
+eBPF (optional; BCC from Debian, imported only when a monitor or policy starts; see `_ebpf*.py`):
+
+- `ebpf_status() -> EbpfStatus` (available, detail, missing): the parts present, nothing loaded.
+- `BpfMonitor` (``start()``/``close()``, a context manager; `shared_monitor()` gives this
+  process's one): per-call tracepoint counters keyed by cgroup id. ``monitor.watch(call,
+  budgets={"page_faults": Budget(limit, max=, step=)})`` -> `CallWatch` (``counts()``,
+  ``close() -> EbpfCounts``, ``breaches``, ``exceeded``): the kernel SIGSTOPs a call past a
+  budget, the runtime freezes it, then raises the limit or kills it.
+- `NetPolicy` (`shared_net_policy()`): ``attach(v2_dir, ["host:port", ...]) -> NetAttachment``:
+  cgroup connect4/6 + sendmsg4/6 programs; everything else fails with EPERM; ``close()`` detaches.
+- `EbpfCall`: both for one call, as a sandbox backend uses them (``begin`` ... ``finish()`` ->
+  usage fields ``ebpf_*``); `EbpfDenied` when a call asks for a part this host lacks.
+- `loaded_programs()`: every BPF program in the kernel ``(id, type, name)``; agentrt's are ``art_*``.
 """
 
 from agentrt.cgroups._driver import (
@@ -39,11 +53,52 @@ from agentrt.cgroups._driver import (
     reap_stale,
     runtime_id,
 )
+from agentrt.cgroups._ebpf import (
+    BUDGET_COUNTERS,
+    COUNTERS,
+    BpfMonitor,
+    Breach,
+    Budget,
+    CallWatch,
+    EbpfCounts,
+    EbpfStatus,
+    ebpf_status,
+    loaded_programs,
+    shared_monitor,
+)
+from agentrt.cgroups._ebpf_call import EbpfCall, EbpfDenied
+from agentrt.cgroups._ebpf_net import NetAttachment, NetPolicy, shared_net_policy
 from agentrt.cgroups._layout import CgroupLayout, LayoutKind, detect_layout
 from agentrt.cgroups._shim import SHIM_JOIN_FAILED, python_shim_argv, shim_argv
 
 __all__ = [
-    "SHIM_JOIN_FAILED", "CallGroup", "CallLimits", "CgroupDriver", "CgroupLayout", "CgroupUsage",
-    "LayoutKind", "SessionGroup", "detect_layout", "python_shim_argv", "reap_stale", "runtime_id",
+    "BUDGET_COUNTERS",
+    "COUNTERS",
+    "SHIM_JOIN_FAILED",
+    "BpfMonitor",
+    "Breach",
+    "Budget",
+    "CallGroup",
+    "CallLimits",
+    "CallWatch",
+    "CgroupDriver",
+    "CgroupLayout",
+    "CgroupUsage",
+    "EbpfCall",
+    "EbpfCounts",
+    "EbpfDenied",
+    "EbpfStatus",
+    "LayoutKind",
+    "NetAttachment",
+    "NetPolicy",
+    "SessionGroup",
+    "detect_layout",
+    "ebpf_status",
+    "loaded_programs",
+    "python_shim_argv",
+    "reap_stale",
+    "runtime_id",
+    "shared_monitor",
+    "shared_net_policy",
     "shim_argv",
 ]

@@ -56,8 +56,8 @@ from agentrt.errors import SandboxError, SandboxUnavailable
 __all__ = [
     "BUDGET_COUNTERS",
     "COUNTERS",
-    "Breach",
     "BpfMonitor",
+    "Breach",
     "Budget",
     "CallWatch",
     "EbpfCounts",
@@ -186,7 +186,7 @@ def import_bcc() -> Any:
             that PyPI name is an unrelated lattice library.
     """
     try:
-        import bcc  # noqa: PLC0415 - optional, system-provided
+        import bcc
 
         return bcc
     except ImportError as exc:
@@ -681,7 +681,7 @@ def shared_monitor() -> tuple[BpfMonitor | None, str | None]:
                 _shared_error = str(exc)
                 log.info("eBPF accounting off: %s", exc)
             else:
-                import atexit  # noqa: PLC0415
+                import atexit
 
                 atexit.register(mon.close)
                 _shared = mon

@@ -378,7 +378,7 @@ def shared_net_policy() -> tuple[NetPolicy | None, str | None]:
                 _shared_error = str(exc)
                 log.info("eBPF network policy off: %s", exc)
             else:
-                import atexit  # noqa: PLC0415
+                import atexit
 
                 atexit.register(pol.close)
                 _shared = pol
