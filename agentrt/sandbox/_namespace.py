@@ -12,8 +12,17 @@ paths, and a clean environment. At ``Limits.timeout`` the whole group is killed 
 Network (``Limits.network``): ``"none"`` and ``"loopback"`` both give the call a private network
 namespace whose only interface is its own loopback (bubblewrap always brings ``lo`` up), so the
 call reaches no host and no outside address, only sockets it opened itself. An allow-list of
-``host:port`` needs a connect hook (eBPF ``cgroup/connect4``), which is not built yet: such a
-call is refused with ``denied`` rather than run with more (or less) network than it asked for.
+``host:port`` keeps the host's network namespace and is enforced in the kernel by eBPF cgroup
+connect4/6 and sendmsg4/6 programs attached to the call's v2 cgroup (`agentrt.cgroups.NetPolicy`:
+any other destination fails at once with EPERM, children inherit it, it is detached when the call
+ends); where eBPF is unavailable such a call is refused with ``denied`` (the reason in the
+message) rather than run with more (or less) network than it asked for.
+
+eBPF accounting (where BCC works; ``NamespaceBackend(ebpf=...)``): each call's usage also holds
+the monitor's per-call counters (``ebpf_execs``, ``ebpf_opens``, ``ebpf_read_bytes``, ...; see
+`agentrt.cgroups.EbpfCall`), and a call may carry ``ebpf_budgets`` (counter -> `Budget`): past
+one, the kernel stops the call and the runtime raises the limit (up to the budget's ``max``) or
+kills it; a killed call's result is ``limit_exceeded`` with the counter in the message.
 
 Terminal injection (TIOCSTI, CVE-2017-5226): the launcher starts every call in a new session
 (``setsid``) with pipes for stdin, stdout and stderr, so no sandboxed process has a controlling
@@ -44,7 +53,17 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream, Process, TaskGroup
 
-from agentrt.cgroups import CallGroup, CallLimits, CgroupDriver, SessionGroup, shim_argv
+from agentrt.cgroups import (
+    Budget,
+    CallGroup,
+    CallLimits,
+    CgroupDriver,
+    EbpfCall,
+    EbpfDenied,
+    SessionGroup,
+    shim_argv,
+)
+from agentrt.cgroups._ebpf_call import ebpf_parts
 from agentrt.errors import InvalidArguments, SandboxError, SandboxUnavailable
 from agentrt.sandbox._base import ExecTarget, Outcome, outcome_result
 from agentrt.sandbox._callable import WORKER_FILE, needed_paths, worker_request
@@ -107,7 +126,7 @@ def python_paths() -> list[Path]:
 
 
 def bwrap_argv(limits: Limits, argv: Sequence[str], *, extra_ro: Sequence[Path] = (),
-               workdir: Path | None = None, bwrap: str = "bwrap") -> list[str]:
+               workdir: Path | None = None, bwrap: str = "bwrap", net_hooks: bool = False) -> list[str]:
     """The bubblewrap command line for one call (see the module docstring for what it sets up).
 
     Args:
@@ -115,15 +134,18 @@ def bwrap_argv(limits: Limits, argv: Sequence[str], *, extra_ro: Sequence[Path] 
         argv: the command to run inside.
         extra_ro: more host paths to show read-only (e.g. the Python the worker needs).
         workdir: a host directory to bind read-write as the work dir instead of the private one.
+        net_hooks: the caller attaches eBPF connect hooks to the call's cgroup, so an allow-list
+            keeps the host network namespace (no ``--unshare-net``).
 
     Raises:
         DeniedLimits: a read-only or writable path does not exist, or the network asks for
-            an allow-list (not supported yet; see the module docstring).
+            an allow-list without ``net_hooks``.
     """
-    if isinstance(limits.network, tuple) and limits.network:
+    allow_list = isinstance(limits.network, tuple) and bool(limits.network)
+    if allow_list and not net_hooks:
         raise DeniedLimits(
-            f"network allow-list {list(limits.network)} is not supported by the namespace backend yet "
-            "(it needs the eBPF connect hook); use network='none' or 'loopback'")
+            f"network allow-list {list(limits.network)} needs the eBPF connect hooks, which this "
+            "sandbox does not have; use network='none' or 'loopback'")
     cmd = [bwrap, "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
     for d in HIDDEN_DIRS:
         if os.path.isdir(d) and not os.path.islink(d):
@@ -149,7 +171,7 @@ def bwrap_argv(limits: Limits, argv: Sequence[str], *, extra_ro: Sequence[Path] 
         cmd += ["--bind", str(workdir), str(workdir), "--chdir", str(workdir)]
     else:
         cmd += ["--dir", WORKDIR, "--chdir", WORKDIR]
-    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", "--unshare-net",
+    cmd += ["--unshare-pid", "--unshare-ipc", "--unshare-uts", *([] if allow_list else ["--unshare-net"]),
             "--hostname", "sandbox", "--die-with-parent", "--cap-drop", "ALL", "--"]
     return cmd + list(argv)
 
@@ -187,7 +209,7 @@ async def _feed(proc: Any, data: bytes) -> None:
 
 
 async def run_in_group(call: CallGroup, argv: Sequence[str], limits: Limits, stdin: bytes | None,
-                       env: Mapping[str, str], cap: int = OUTPUT_CAP) -> Outcome:
+                       env: Mapping[str, str], cap: int = OUTPUT_CAP, ebpf: EbpfCall | None = None) -> Outcome:
     """Spawn ``argv`` joined to ``call``'s cgroups (before exec), supervise it, read usage.
 
     Kills the whole group at ``limits.timeout`` and on cancellation; the group is closed
@@ -198,14 +220,15 @@ async def run_in_group(call: CallGroup, argv: Sequence[str], limits: Limits, std
                                     stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(env),
                                     start_new_session=True)
-    return await supervise(call, proc, limits, stdin, cap, t0)
+    return await supervise(call, proc, limits, stdin, cap, t0, ebpf)
 
 
 async def supervise(call: CallGroup, proc: Process, limits: Limits, feed: bytes | None, cap: int,
-                    t0: float) -> Outcome:
+                    t0: float, ebpf: EbpfCall | None = None) -> Outcome:
     """Feed ``proc``, read its output, wait for it under ``limits.timeout``, read usage, close.
 
-    ``t0`` is when the call started (`time.perf_counter`), for its wall time.
+    ``t0`` is when the call started (`time.perf_counter`), for its wall time; ``ebpf``'s
+    counters are read (and its network policy detached) before the group is removed.
     """
     out, err = bytearray(), bytearray()
     timed_out = False
@@ -229,6 +252,7 @@ async def supervise(call: CallGroup, proc: Process, limits: Limits, feed: bytes 
             wall = time.perf_counter() - t0
             await proc.aclose()
             cu = call.usage()
+            ebpf_usage = ebpf.finish() if ebpf is not None else {}
             if timed_out or call.populated():
                 await anyio.to_thread.run_sync(call.close)  # a drain may take a while
             else:
@@ -238,7 +262,7 @@ async def supervise(call: CallGroup, proc: Process, limits: Limits, feed: bytes 
         "cpu_seconds": cu.cpu_seconds, "memory_peak_bytes": cu.memory_peak_bytes,
         "throttled_seconds": cu.throttled_seconds, "throttled_periods": cu.throttled_periods,
         "nr_periods": cu.nr_periods, "oom_kills": cu.oom_kills, "pids_peak": cu.pids_peak,
-        "pids_max_hits": cu.pids_max_hits,
+        "pids_max_hits": cu.pids_max_hits, **ebpf_usage,
     }
     return Outcome(returncode=rc, stdout=out.decode(errors="replace"), stderr=err.decode(errors="replace"),
                    wall_seconds=wall, timed_out=timed_out, oom_kills=cu.oom_kills, usage=usage)
@@ -331,6 +355,7 @@ class NamespaceSandbox:
 
     def _take_warm(self, limits: Limits, argv: Sequence[str], extra: Sequence[Path]) -> _Warm | None:
         if (self._tg is None or limits.read_only_paths or limits.writable_paths or limits.disk is not None
+                or isinstance(limits.network, tuple)  # prewarmed sandboxes have a private network
                 or list(extra) != self.backend.python_ro or any("\n" in a or "\0" in a for a in argv)):
             return None
         while self._warm:
@@ -348,7 +373,7 @@ class NamespaceSandbox:
             self._tg.start_soon(self._prewarm)
 
     async def _run_warm(self, w: _Warm, argv: Sequence[str], limits: Limits, stdin: bytes | None,
-                        cap: int) -> Outcome | None:
+                        cap: int, budgets: Mapping[str, Budget]) -> Outcome | None:
         t0 = time.perf_counter()
         try:
             w.call.update(call_limits(limits))
@@ -359,9 +384,12 @@ class NamespaceSandbox:
             return None
         self.warm_hits += 1
         line = (" ".join(shlex.quote(a) for a in argv) + "\n").encode()
+        # counted from here: what the waiting sandbox did before the call is not the call's
+        ebpf = EbpfCall.begin(w.call, monitor=self.backend.ebpf_monitor, budgets=budgets)
         try:
-            return await supervise(w.call, w.proc, limits, line + (stdin or b""), cap, t0)
+            return await supervise(w.call, w.proc, limits, line + (stdin or b""), cap, t0, ebpf)
         finally:
+            ebpf.finish()
             self._refill()
 
     async def __aenter__(self) -> NamespaceSandbox:
@@ -383,8 +411,14 @@ class NamespaceSandbox:
         self.close()
 
     async def exec(self, target: ExecTarget, limits: Limits | None = None, stdin: bytes | None = None,
-                   *, args: Mapping[str, Any] | None = None) -> ToolResult:
-        """Run an argv, a `Tool` or a callable as one sandboxed call (see `Sandbox.exec`)."""
+                   *, args: Mapping[str, Any] | None = None,
+                   ebpf_budgets: Mapping[str, Budget] | None = None) -> ToolResult:
+        """Run an argv, a `Tool` or a callable as one sandboxed call (see `Sandbox.exec`).
+
+        ``ebpf_budgets`` (counter -> `agentrt.cgroups.Budget`; default: the backend's) are
+        guarded in the kernel; a call killed at one is ``limit_exceeded``. A call with budgets or
+        a network allow-list is ``denied`` where eBPF is unavailable (the message says why).
+        """
         if self._closed:
             raise SandboxError("this sandbox is closed")
         if limits is None:
@@ -392,6 +426,8 @@ class NamespaceSandbox:
         is_argv = isinstance(target, (list, tuple))
         name = target.name if isinstance(target, Tool) else (
             str(target[0]) if is_argv and target else getattr(target, "__qualname__", "callable"))
+        allow: list[str] | None = None
+        pol = None
         try:
             if is_argv:
                 if not target:
@@ -403,24 +439,43 @@ class NamespaceSandbox:
                 extra = _visible(python_paths() + needed_paths(req) + [Path(WORKER_FILE).parent] + (
                     [Path(req["file"])] if req.get("file") else []))
                 argv, feed = [sys.executable, "-s", WORKER_FILE], json.dumps(req).encode()
-            cmd = bwrap_argv(limits, argv, extra_ro=extra, workdir=self.workdir, bwrap=self.backend.bwrap)
+            budgets = dict(self.backend.ebpf_budgets if ebpf_budgets is None else ebpf_budgets)
+            allow = list(limits.network) if isinstance(limits.network, tuple) and limits.network else None
+            pol = self.backend.net_policy() if allow is not None else None
+            cmd = bwrap_argv(limits, argv, extra_ro=extra, workdir=self.workdir, bwrap=self.backend.bwrap,
+                             net_hooks=pol is not None)
+            if budgets and self.backend.ebpf_monitor is None:
+                raise DeniedLimits(f"budgets {sorted(budgets)} need the eBPF monitor: "
+                                   f"{self.backend.ebpf_unavailable or 'eBPF is off'}")
         except DeniedLimits as exc:
+            if allow is not None and pol is None:
+                exc = DeniedLimits(f"{exc} ({self.backend.ebpf_unavailable or 'eBPF is off'})")
             return ToolResult.failure("denied", f"{name}: {exc}", ToolUsage())
         except InvalidArguments as exc:
             return ToolResult.failure("invalid_args", str(exc), ToolUsage())
         cap = OUTPUT_CAP if is_argv else 64 * OUTPUT_CAP
         warm = self._take_warm(limits, argv, extra)
-        o = await self._run_warm(warm, argv, limits, feed, cap) if warm is not None else None
+        o = await self._run_warm(warm, argv, limits, feed, cap, budgets) if warm is not None else None
         if o is None:
             call = self.session.call(call_limits(limits))
             try:
-                o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV, cap=cap)
+                try:
+                    ebpf = EbpfCall.begin(call, monitor=self.backend.ebpf_monitor, net_policy=pol, allow=allow,
+                                          budgets=budgets, unavailable=self.backend.ebpf_unavailable)
+                except EbpfDenied as exc:
+                    return ToolResult.failure("denied", f"{name}: {exc}", ToolUsage())
+                try:
+                    o = await run_in_group(call, cmd, limits, feed, CLEAN_ENV, cap=cap, ebpf=ebpf)
+                finally:
+                    ebpf.finish()
             finally:
                 if not call._closed:
                     call.close()
-        if is_argv:
-            return outcome_result(o, limits)
-        return answer_result(o, limits, name)
+        r = outcome_result(o, limits) if is_argv else answer_result(o, limits, name)
+        exceeded = (o.usage or {}).get("ebpf_limit_exceeded")
+        if exceeded:
+            r = r.model_copy(update={"ok": False, "error_kind": "limit_exceeded", "error": f"{name}: {exceeded}"})
+        return r
 
     def close(self) -> None:
         """Kill and remove whatever the session still holds (prewarmed calls too). Idempotent."""
@@ -439,16 +494,20 @@ class NamespaceBackend:
             (shared across calls); None gives each call its own private ``/tmp/work``.
         driver: the cgroup driver; this process's shared one by default.
         prewarm: calls kept prewarmed per session used with ``async with`` (see `NamespaceSandbox`).
+        ebpf: per-call eBPF counters (`agentrt.cgroups.BpfMonitor`, shared by the process):
+            None = where available (``ebpf_unavailable`` says why not), True = required,
+            False = off. Network allow-lists load the eBPF connect hooks on first use either way.
+        ebpf_budgets: default budgets of every call (counter -> `agentrt.cgroups.Budget`).
 
     Raises:
         SandboxUnavailable: bubblewrap is missing or cannot create namespaces, or cgroups
-            cannot be created (the message names the fix).
+            cannot be created, or ``ebpf=True`` and eBPF cannot start (the message names the fix).
     """
 
     name = "namespace"
 
     def __init__(self, workdir: str | os.PathLike[str] | None = None, driver: CgroupDriver | None = None,
-                 prewarm: int = 2) -> None:
+                 prewarm: int = 2, ebpf: bool | None = None, ebpf_budgets: Mapping[str, Budget] | None = None) -> None:
         bwrap = shutil.which("bwrap")
         if bwrap is None:
             raise SandboxUnavailable("bubblewrap (bwrap) is not installed: apt-get install -y bubblewrap")
@@ -457,6 +516,15 @@ class NamespaceBackend:
         self.workdir = Path(workdir).resolve() if workdir is not None else None
         self.python_ro = _visible(python_paths())
         self.prewarm = prewarm
+        self.ebpf_budgets = dict(ebpf_budgets or {})
+        self.ebpf_monitor, _, self.ebpf_unavailable = ebpf_parts(ebpf)
+
+    def net_policy(self) -> Any:
+        """The process's eBPF network policy (loaded on first use), or None (see ``ebpf_unavailable``)."""
+        _, pol, why = ebpf_parts(False, net=True)
+        if pol is None:
+            self.ebpf_unavailable = why
+        return pol
 
     def start(self, session: str | None = None) -> NamespaceSandbox:
         """Open a session's sandbox (creates its session cgroup, ``session-<n>``).
