@@ -57,7 +57,10 @@ def test_rw_path_and_network_allow_list(tmp_path):
     r = run("--rw", str(tmp_path), "--", "/bin/sh", "-c", f"echo kept > {tmp_path}/f")
     assert r.returncode == 0 and (tmp_path / "f").read_text() == "kept\n"
     r = run("--network", "127.0.0.1:8080", "--", "true")
-    assert r.returncode == 125 and "allow-list" in r.stderr
+    if r.returncode == 125:  # no eBPF connect hooks on this host: refused, never widened
+        assert "allow-list" in r.stderr
+    else:  # enforced in the kernel (tests/cgroups/test_ebpf_net.py)
+        assert r.returncode == 0, r.stderr
 
 
 def test_docker_backend_is_reported_clearly():
