@@ -22,10 +22,18 @@ from agentrt import Agent
 DEFAULT_QUESTION = "What is the combined size in KB of the pydantic and networkx packages?"
 
 
+def ask(question: str = DEFAULT_QUESTION):
+    """Answer ``question`` with the package tools; returns the `RunResult`."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from local_tools import PLAN_EXAMPLES, tools
+
+    return Agent(tools=tools(), examples=PLAN_EXAMPLES).run_sync(question)
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from _report import console, print_run
-    from local_tools import PLAN_EXAMPLES, build_database, database_path, tools
+    from local_tools import build_database, database_path
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
@@ -34,9 +42,8 @@ def main(argv: list[str] | None = None) -> int:
         build_database()
     console.print(f"[dim]database: {database_path()}[/]")
     console.print(f"[bold]question:[/] {args.question}")
-    agent = Agent(tools=tools(), examples=PLAN_EXAMPLES)
     with console.status("planning and running..."):
-        result = agent.run_sync(args.question)
+        result = ask(args.question)
     print_run(result)
     return 3 if result.partial else 0
 

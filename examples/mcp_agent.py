@@ -42,17 +42,20 @@ def sandbox_limits() -> Limits | None:
     return Limits(memory="256M", pids=16, network="none", timeout=600)
 
 
-async def run(question: str) -> object:
+async def run(question: str, *, verbose: bool = True) -> object:
+    """Answer ``question`` with the MCP server's tools and the calculator; returns the `RunResult`."""
+    sys.path.insert(0, str(Path(__file__).parent))
     from _report import console
 
     limits = sandbox_limits()
-    console.print(f"[dim]MCP server: {' '.join(SERVER)} "
-                  f"({'in the namespace sandbox' if limits else 'not sandboxed: no sandbox on this machine'})[/]")
+    if verbose:
+        console.print(f"[dim]MCP server: {' '.join(SERVER)} "
+                      f"({'in the namespace sandbox' if limits else 'not sandboxed: no sandbox on this machine'})[/]")
     async with MCPToolset(SERVER, prefix="stdlib", sandbox=limits) as mcp:
-        console.print(f"[dim]tools: {', '.join(t.name for t in mcp.tools)}[/]")
+        if verbose:
+            console.print(f"[dim]tools: {', '.join(t.name for t in mcp.tools)}[/]")
         async with Agent(tools=[*mcp.tools, calculator], examples=EXAMPLES) as agent:
-            with console.status("planning and running..."):
-                return await agent.run(question)
+            return await agent.run(question)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("question", nargs="?", default=DEFAULT_QUESTION)
     args = ap.parse_args(argv)
     console.print(f"[bold]question:[/] {args.question}")
-    result = anyio.run(run, args.question)
+    with console.status("planning and running..."):
+        result = anyio.run(run, args.question)
     print_run(result)
     return 3 if result.partial else 0
 

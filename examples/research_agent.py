@@ -141,6 +141,12 @@ EXAMPLES = [PlanExample(
 )]
 
 
+def ask(question: str = DEFAULT_QUESTION, folder: Path | None = None):
+    """Answer ``question`` over ``folder`` (default: the package docs); returns the `RunResult`."""
+    folder = folder or build_package_docs(get_settings().data_dir / "examples" / "docs")
+    return Agent(tools=make_tools(Library(folder)), examples=EXAMPLES).run_sync(question)
+
+
 def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).parent))
     from _report import console, print_run
@@ -150,12 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folder", type=Path, help="folder of .md/.txt/.rst documents (default: package docs)")
     args = ap.parse_args(argv)
     folder = args.folder or build_package_docs(get_settings().data_dir / "examples" / "docs")
-    library = Library(folder)
-    console.print(f"[dim]{len(library.docs)} documents in {library.folder}[/]")
+    console.print(f"[dim]{len(Library(folder).docs)} documents in {folder}[/]")
     console.print(f"[bold]question:[/] {args.question}")
-    agent = Agent(tools=make_tools(library), examples=EXAMPLES)
     with console.status("planning and running..."):
-        result = agent.run_sync(args.question)
+        result = ask(args.question, folder)
     print_run(result)
     return 3 if result.partial else 0
 

@@ -143,7 +143,15 @@ Results:
    -> 300
 3. calculator(expression="$1 - $2")  [= calculator(expression="330 - 300")]
    -> 30
-{"thought": "Call 3 is 330 - 300 = 30, positive, so tower A is the taller.", "action": "answer", "answer": "tower A"}"""
+{"thought": "Call 3 is 330 - 300 = 30, positive, so tower A is the taller.", "action": "answer", "answer": "tower A"}
+
+Example question: What are tower A and tower B each used for?
+Results:
+1. describe(name="tower A")
+   -> Tower A is a radio mast that broadcasts FM stations to the whole region.
+2. describe(name="tower B")
+   -> Tower B. An observation tower with a restaurant on its top floor.
+{"thought": "Calls 1 and 2 describe each tower.", "action": "answer", "answer": "Tower A broadcasts FM radio; tower B is an observation tower with a restaurant."}"""
 
 
 def joiner_system_prompt() -> str:
