@@ -31,15 +31,15 @@ EXAMPLES = [PlanExample(
 SERVER = [sys.executable, str(Path(__file__).with_name("mcp_server.py"))]
 
 
-def sandbox_limits() -> Limits | None:
-    """Limits for the server's sandbox, or None where the sandbox cannot run here."""
+def sandbox_launcher():
+    """A launcher putting the server in the namespace sandbox, or None where it cannot run here."""
+    from agentrt.errors import SandboxError
+    from agentrt.sandbox import sandboxed_command
+
     try:
-        from agentrt.sandbox import available_backends
-    except ImportError:
+        return sandboxed_command(Limits(memory="256M", pids=16, network="none"))
+    except SandboxError:
         return None
-    if "namespace" not in available_backends():
-        return None
-    return Limits(memory="256M", pids=16, network="none", timeout=600)
 
 
 async def run(question: str, *, verbose: bool = True) -> object:
@@ -47,11 +47,11 @@ async def run(question: str, *, verbose: bool = True) -> object:
     sys.path.insert(0, str(Path(__file__).parent))
     from _report import console
 
-    limits = sandbox_limits()
+    launcher = sandbox_launcher()
     if verbose:
         console.print(f"[dim]MCP server: {' '.join(SERVER)} "
-                      f"({'in the namespace sandbox' if limits else 'not sandboxed: no sandbox on this machine'})[/]")
-    async with MCPToolset(SERVER, prefix="stdlib", sandbox=limits) as mcp:
+                      f"({'in the namespace sandbox' if launcher else 'not sandboxed: no sandbox on this machine'})[/]")
+    async with MCPToolset(SERVER, prefix="stdlib", launcher=launcher) as mcp:
         if verbose:
             console.print(f"[dim]tools: {', '.join(t.name for t in mcp.tools)}[/]")
         async with Agent(tools=[*mcp.tools, calculator], examples=EXAMPLES) as agent:

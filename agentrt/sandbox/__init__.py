@@ -32,6 +32,7 @@ from agentrt.sandbox._base import (
     SandboxBackend,
 )
 from agentrt.sandbox._docker import DockerBackend, DockerSandbox
+from agentrt.sandbox._launch import sandboxed_command
 from agentrt.sandbox._namespace import NamespaceBackend, NamespaceSandbox, bwrap_argv
 from agentrt.sandbox._none import NoneBackend, NoneSandbox
 
@@ -52,6 +53,7 @@ __all__ = [
     "SandboxBackend",
     "bwrap_argv",
     "get_backend",
+    "sandboxed_command",
 ]
 
 BACKENDS = ("namespace", "docker", "none")

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Sequence
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, AsyncExitStack
 from types import TracebackType
 from typing import Any
 
@@ -43,8 +43,9 @@ class MCPToolset:
         limits: resource intent given to each tool call (its ``timeout`` bounds a call).
         env: environment of a launched server (default: the `mcp` package's safe minimum).
         cwd: working directory of a launched server.
-        sandbox: launch the stdio server inside agentrt's sandbox under these limits
-            (``agentrt sandbox run``); ``None`` launches it directly.
+        launcher: wraps a stdio server's argv for the time it runs, e.g.
+            ``agentrt.sandbox.sandboxed_command(Limits(memory="256M", network="none"))`` to run
+            it in the namespace sandbox under its own cgroup; ``None`` launches it directly.
 
     Use ``async with MCPToolset(...) as mcp: Agent(model, tools=mcp.tools)``. Opening raises
     `ToolError` when the server cannot be started or does not speak MCP; a call's failure
@@ -59,28 +60,28 @@ class MCPToolset:
         limits: Limits | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
-        sandbox: Limits | None = None,
+        launcher: Callable[[Sequence[str]], AbstractContextManager[list[str]]] | None = None,
     ) -> None:
         self.server = server
         self.prefix = prefix
         self.limits = limits or Limits(timeout=60)
-        self.env, self.cwd, self.sandbox = env, cwd, sandbox
+        self.env, self.cwd, self.launcher = env, cwd, launcher
         self.tools: list[Tool] = []
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
 
-    def _target(self) -> Any:
+    def _target(self, stack: AsyncExitStack) -> Any:
         from mcp import StdioServerParameters
 
         if isinstance(self.server, str) and re.match(r"https?://", self.server):
-            if self.sandbox is not None:
-                raise ValueError("sandbox= applies to a launched (stdio) server, not to a URL")
+            if self.launcher is not None:
+                raise ValueError("launcher= applies to a launched (stdio) server, not to a URL")
             return self.server
         argv = shlex.split(self.server) if isinstance(self.server, str) else list(self.server)
         if not argv:
             raise ValueError("the MCP server command is empty")
-        if self.sandbox is not None:
-            argv = _sandboxed(argv, self.sandbox)
+        if self.launcher is not None:
+            argv = stack.enter_context(self.launcher(argv))
         return StdioServerParameters(command=argv[0], args=argv[1:], env=self.env, cwd=self.cwd)
 
     async def __aenter__(self) -> MCPToolset:
@@ -92,7 +93,7 @@ class MCPToolset:
         await stack.__aenter__()
         try:
             self._client = await stack.enter_async_context(
-                Client(self._target(), read_timeout_seconds=self.limits.timeout))
+                Client(self._target(stack), read_timeout_seconds=self.limits.timeout))
             listed = await self._client.list_tools()
         except BaseException as exc:
             await stack.__aexit__(type(exc), exc, exc.__traceback__)
@@ -158,18 +159,3 @@ class MCPToolset:
             # servers wrap a plain return value as {"result": value}
             return sc["result"] if isinstance(sc, dict) and list(sc) == ["result"] else sc
         return text
-
-
-def _sandboxed(argv: list[str], limits: Limits) -> list[str]:
-    """``agentrt sandbox run`` with ``limits`` around ``argv``, run by this interpreter."""
-    import sys
-
-    opts = ["--memory", str(limits.memory), "--cpus", f"{limits.cpu:g}", "--pids", str(limits.pids),
-            "--timeout", "0"]
-    net = limits.network
-    opts += ["--network", net] if isinstance(net, str) else [x for hp in net for x in ("--network", hp)]
-    for p in limits.read_only_paths:
-        opts += ["--ro", p]
-    for p in limits.writable_paths:
-        opts += ["--rw", p]
-    return [sys.executable, "-m", "agentrt.cli", "sandbox", "run", "--quiet", *opts, "--", *argv]

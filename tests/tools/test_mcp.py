@@ -100,3 +100,22 @@ async def test_an_agent_plans_parallel_calls_to_mcp_tools() -> None:
     assert res.results[1].value == 2 and res.results[2].value == 3
     assert res.results[3].error_kind == "tool_error"  # a failing MCP tool is a value; siblings finish
     assert "t.word_count" in model.planner_prompts[0][0].content  # the planner saw the MCP tools
+
+
+async def test_a_server_launched_in_the_sandbox_works_and_leaves_nothing() -> None:
+    from agentrt.errors import SandboxError
+
+    try:
+        from agentrt.sandbox import sandboxed_command
+
+        launcher = sandboxed_command(Limits(memory="256M", pids=32, network="none"))
+    except SandboxError as exc:
+        pytest.skip(f"no sandbox here: {exc}")
+    async with MCPToolset(SERVER, launcher=launcher, limits=Limits(timeout=20)) as mcp:
+        tools = {t.name: t for t in mcp.tools}
+        ok = await tools["word_count"].call({"text": "inside the sandbox"})
+        hidden = await tools["file_size"].call({"path": "/root/.bashrc"})  # /root is hidden there
+    assert ok.ok and ok.value == 3
+    assert hidden.error_kind == "tool_error"
+    leftover = subprocess.run(["pgrep", "-f", "_mcp_server.py"], capture_output=True, text=True).stdout.split()
+    assert leftover == []
