@@ -20,5 +20,6 @@ def store(tmp_path):
 
 @pytest.fixture
 def ann_params() -> IndexParams:
-    """A small HNSW index (built once the store holds 300 events) so tests exercise the ANN path."""
-    return IndexParams(kind="hnsw_sq8", min_ann=300, buffer_max=100, hnsw_m=16, ef_search=64)
+    """A small index of the default kind (IVF+SQ8, built once the store holds 300 events) so tests
+    exercise the ANN path; tests that need HNSW set ``kind``."""
+    return IndexParams(kind="ivf_sq8", min_ann=300, buffer_max=100, nprobe=4, hnsw_m=16, ef_search=64)

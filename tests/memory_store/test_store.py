@@ -217,3 +217,22 @@ def test_store_refuses_vectors_of_another_model(tmp_path):
     MemoryStore(tmp_path / "m.db", embedder=HashingEmbedder(384)).close()
     with pytest.raises(MemoryStoreError, match="embedded with"):
         MemoryStore(tmp_path / "m.db", embedder=HashingEmbedder(256), dim=384)
+
+
+def test_ann_path_applies_filters_forgets_and_hybrid_keywords(tmp_path, rng, ann_params):
+    vecs = unit(rng, 800)
+    with MemoryStore(tmp_path / "m.db", dim=384, index=ann_params, auto_compact=False, exact_max=0) as s:
+        ids = s.append_many([Event(f"filler {i}", session=f"s{i % 4}", embedding=v) for i, v in enumerate(vecs[:700])])
+        s.compact()
+        target = ids[41]  # session s1
+        res = s.search(vecs[41], k=5, mode="vector", filters={"session": "s1"}, use_cache=False)
+        assert not res.exact and res.ids[0] == target
+        assert all(h.event.session == "s1" for h in res)
+        assert target not in s.search(vecs[41], k=5, mode="vector", filters={"session": "s2"}, use_cache=False).ids
+        s.forget(target)
+        assert target not in s.search(vecs[41], k=5, mode="vector", use_cache=False).ids
+        # a keyword-only match deep in the main index still gets a dense score and is fused in
+        kid = s.append(Event("the zanzibar invoice is overdue", embedding=vecs[750]))
+        s.compact()
+        hit = s.search("zanzibar invoice", k=3, use_cache=False, vector=vecs[1])
+        assert kid in hit.ids and all(h.dense is not None and h.keyword is not None for h in hit)
