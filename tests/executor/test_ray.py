@@ -17,11 +17,11 @@ import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'agentrt[ray]')")
 
-from _scripted import ScriptedModel  # noqa: E402
+from _scripted import ScriptedModel
 
-from agentrt import Agent  # noqa: E402
-from agentrt.executor import LocalBackend, RayBackend, Scheduler, Task  # noqa: E402
-from agentrt.tools import Limits, ToolRegistry, tool  # noqa: E402
+from agentrt import Agent
+from agentrt.executor import LocalBackend, RayBackend, Scheduler, Task
+from agentrt.tools import Limits, ToolRegistry, tool
 
 pytestmark = pytest.mark.anyio
 
