@@ -142,6 +142,10 @@ def run(
     sandbox: str = typer.Option("auto", help="Where tool calls run: auto (the namespace sandbox where it works), "
                                              "namespace, docker, or none."),
     sandbox_all: bool = typer.Option(False, "--sandbox-all", help="Run in-process tools in the sandbox too."),
+    executor: str = typer.Option("local", help="Where tool calls are executed: local (this process), or ray "
+                                              "(each call a Ray task; its sandbox runs on the worker)."),
+    address: str | None = typer.Option(None, "--address", help="Ray cluster for --executor ray: auto, host:port "
+                                                               "or ray://host:10001; default: a local Ray for this run."),
 ) -> None:
     """Answer QUESTION: plan tool calls as a DAG, run them in parallel, join the results.
 
@@ -152,6 +156,20 @@ def run(
         raise typer.BadParameter("the question is empty")
     if sandbox not in ("auto", "namespace", "docker", "none"):
         raise typer.BadParameter(f"--sandbox must be auto, namespace, docker or none, not {sandbox!r}")
+    if executor not in ("local", "ray"):
+        raise typer.BadParameter(f"--executor must be local or ray, not {executor!r}")
+    backend: Any = sandbox
+    if executor == "ray":
+        from agentrt.errors import ExecutorUnavailable
+        from agentrt.executor import ray_backend
+
+        try:
+            backend = ray_backend(address, sandbox="namespace" if sandbox == "auto" else sandbox,
+                                  sandbox_all=sandbox_all)
+        except ExecutorUnavailable as exc:
+            raise typer.BadParameter(str(exc)) from None
+    elif address is not None:
+        raise typer.BadParameter("--address needs --executor ray")
     from agentrt import Agent, UsageLimits
     from agentrt.config import get_settings
     from agentrt.tools.builtin import builtin_tools
@@ -177,7 +195,7 @@ def run(
 
     async def go() -> Any:
         agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
-                      on_event=view.on_event, usage_limits=limits, sandbox=sandbox, sandbox_all=sandbox_all)
+                      on_event=view.on_event, usage_limits=limits, sandbox=backend, sandbox_all=sandbox_all)
         try:
             if as_json:
                 return await agent.run(question)
