@@ -97,12 +97,13 @@ def _worker_sandbox(name: str) -> Any:
     return found
 
 
-def run_on_worker(payload: bytes, args: dict[str, Any], limits: Limits, sandbox: str) -> ToolResult:
+def run_on_worker(payload: bytes, args: dict[str, Any], limits: Limits, sandbox: str | None,
+                  sandbox_all: bool = False) -> ToolResult:
     """The body of every Ray task: load the tool, run one call under ``limits``, return its result.
 
     Runs in a Ray worker process. ``payload`` is the cloudpickled `Tool`; ``sandbox`` names the
-    sandbox backend for ``runs_in="sandbox"`` tools. ``usage`` gains ``ray_node_id`` and
-    ``ray_worker_pid``.
+    sandbox backend for ``runs_in="sandbox"`` tools (and, with ``sandbox_all``, for every tool);
+    ``None`` refuses them (``denied``). ``usage`` gains ``ray_node_id`` and ``ray_worker_pid``.
 
     Raises:
         SandboxError: the sandbox itself failed (a runtime failure, re-raised on the driver).
@@ -120,7 +121,11 @@ def run_on_worker(payload: bytes, args: dict[str, Any], limits: Limits, sandbox:
             f"the tool could not be loaded on Ray node {node}: {type(exc).__name__}: {exc}; the module "
             "defining it must be importable on every worker (install it there, or ship it with the "
             "backend's runtime_env)", ToolUsage(**where))
-    if tool.runs_in == "sandbox":
+    if tool.runs_in == "sandbox" or (sandbox_all and sandbox is not None):
+        if sandbox is None:
+            return ToolResult.failure(
+                "denied", f"tool {tool.name!r} must run in a sandbox (runs_in='sandbox'), and this Ray "
+                "backend has none (sandbox=None): give it a sandbox backend", ToolUsage(**where))
         sb = _worker_sandbox(sandbox)
         if isinstance(sb, str):
             return ToolResult.failure(
@@ -205,7 +210,11 @@ class RayBackend:
             CPUs, a small object store, no dashboard, quiet logs) and stop it on exit.
         num_cpus: CPUs of the local Ray (``address=None`` only).
         object_store_memory: bytes of the local Ray's object store.
-        sandbox: sandbox backend the workers use for ``runs_in="sandbox"`` tools.
+        sandbox: sandbox backend the workers use for ``runs_in="sandbox"`` tools (``namespace``,
+            ``docker``); ``None`` or ``"none"``: such tools are refused (``denied``), as by
+            `LocalBackend`.
+        sandbox_all: run in-process tools in the workers' sandbox too (each call in a sandbox
+            worker process under its tool's limits).
         retries: how often Ray retries a task whose worker or node died, for ``idempotent`` tools
             (Ray's ``max_retries``); other tools are never retried.
         resources: custom Ray resources per tool name, e.g. ``{"render": {"GPU": 1, "big_disk": 1}}``
@@ -225,7 +234,8 @@ class RayBackend:
     """
 
     def __init__(self, address: str | None = None, *, num_cpus: int = 2,
-                 object_store_memory: int = LOCAL_OBJECT_STORE_BYTES, sandbox: str = "namespace",
+                 object_store_memory: int = LOCAL_OBJECT_STORE_BYTES, sandbox: str | None = "namespace",
+                 sandbox_all: bool = False,
                  retries: int = 2, resources: Mapping[str, Mapping[str, float]] | None = None,
                  runtime_env: Mapping[str, Any] | None = None, check_feasible: bool = True) -> None:
         if retries < 0:
@@ -233,7 +243,8 @@ class RayBackend:
         self.address = address
         self.num_cpus = num_cpus
         self.object_store_memory = object_store_memory
-        self.sandbox = sandbox
+        self.sandbox = None if sandbox in (None, "none") else sandbox
+        self.sandbox_all = sandbox_all
         self.retries = retries
         self.resources = {k: dict(v) for k, v in (resources or {}).items()}
         self.runtime_env = dict(runtime_env or {})
@@ -426,7 +437,7 @@ class RayBackend:
                 "tool_error", f"tool {tool.name!r} cannot be sent to Ray workers (it must be picklable "
                 f"with cloudpickle): {type(exc).__name__}: {exc}")
         t0 = time.perf_counter()
-        ref = self._remote.options(**opts).remote(payload, args, limits, self.sandbox)
+        ref = self._remote.options(**opts).remote(payload, args, limits, self.sandbox, self.sandbox_all)
         try:
             result: ToolResult = await _wait(ref)
         except anyio.get_cancelled_exc_class():

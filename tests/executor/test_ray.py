@@ -295,6 +295,85 @@ async def test_an_agent_answers_the_same_on_ray_as_locally(backend: RayBackend) 
     assert backend.started, "the agent must not stop a backend it was handed while others use it"
 
 
+async def test_sandbox_none_refuses_sandbox_tools_and_sandbox_all_confines_the_rest(backend: RayBackend) -> None:
+    bare = RayBackend(sandbox="none")
+    bare._ray, bare._remote = backend._ray, backend._remote
+    r = await bare.submit(Task(id=1, tool="sandboxed_pid"), sandboxed_pid, {}, sandboxed_pid.limits)
+    assert r.error_kind == "denied" and "sandbox" in r.error, r
+    if _sandbox_missing() is not None:
+        pytest.skip(f"no sandbox: {_sandbox_missing()}")
+    confined = RayBackend(sandbox_all=True)
+    confined._ray, confined._remote = backend._ray, backend._remote
+    r = await confined.submit(Task(id=2, tool="where"), where, {}, Limits(memory="64M"))
+    assert r.ok and r.value < 10, "an in-process tool did not run in the sandbox's pid namespace"
+    assert r.usage.memory_peak_bytes, "no cgroup measured the call"
+
+
+#: What the scripted endpoint answers: the planner's plan, then the joiner's decision.
+_PLAN = ('1. calculator(expression="12 * 7")\n2. calculator(expression="300 * 0.15")\n'
+         '3. calculator(expression="$1 + $2")\n4. join()')
+_JOIN = {"thought": "3 holds it", "action": "answer", "answer": "129"}
+
+
+@pytest.fixture
+def scripted_endpoint():
+    """An OpenAI-compatible endpoint on loopback replaying `_PLAN` and `_JOIN` (JSON, no stream):
+    the model is not what these tests are about, and the local engine is not started for them."""
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+            is_join = (body.get("response_format") or {}).get("json_schema", {}).get("name") == "join"
+            out = json.dumps({
+                "object": "chat.completion", "model": body.get("model"),
+                "choices": [{"index": 0, "finish_reason": "stop",
+                             "message": {"role": "assistant", "content": json.dumps(_JOIN) if is_join else _PLAN}}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
+            self.send_response(200)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_agentrt_run_on_an_existing_ray_cluster_answers_as_the_local_executor(
+        backend: RayBackend, scripted_endpoint: str) -> None:
+    import json
+    import subprocess
+    import sys
+
+    address = ray.get_runtime_context().gcs_address
+    script = Path(sys.executable).with_name("agentrt")
+    agentrt = [str(script)] if script.exists() else [sys.executable, "-c", "from agentrt.cli import main; main()"]
+    base = [*agentrt, "run", "--json", "--base-url", scripted_endpoint, "--model", "scripted",
+            "--tools", "calculator", "What is 12 times 7, plus 15% of 300?"]
+    out = {}
+    for executor, extra in (("local", []), ("ray", ["--executor", "ray", "--address", address])):
+        proc = subprocess.run(base + extra, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (executor, proc.stdout[-2000:], proc.stderr[-2000:])
+        out[executor] = json.loads(proc.stdout)
+    local, on_ray = out["local"], out["ray"]
+    assert on_ray["answer"] == local["answer"] == "129"
+    assert {k: v["value"] for k, v in on_ray["results"].items()} == {k: v["value"] for k, v in local["results"].items()}
+    assert local["results"]["3"]["value"] == 129
+    assert all(v["usage"].get("ray_worker_pid") for v in on_ray["results"].values()), "a call did not run on Ray"
+    assert not any("ray_worker_pid" in v["usage"] for v in local["results"].values())
+    assert ray.is_initialized(), "the CLI shut down a cluster it only connected to"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
