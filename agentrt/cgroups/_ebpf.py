@@ -65,6 +65,7 @@ __all__ = [
     "ebpf_status",
     "import_bcc",
     "loaded_programs",
+    "program_ids",
     "shared_monitor",
 ]
 
@@ -240,6 +241,26 @@ _SYS_BPF = 321  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
 _BPF_PROG_GET_NEXT_ID, _BPF_PROG_GET_FD_BY_ID, _BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
 
 
+def _prog_info(libc: Any, fd: int) -> tuple[int, int, str] | None:
+    info = (ctypes.c_uint8 * 256)()
+    g = (ctypes.c_uint64 * 16)()
+    g[0] = fd | (ctypes.sizeof(info) << 32)  # bpf_fd (u32), info_len (u32)
+    g[1] = ctypes.addressof(info)
+    if libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(g), ctypes.sizeof(g)) != 0:
+        return None
+    raw = bytes(info)
+    return (int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[0:4], "little"),
+            raw[64:80].split(b"\0", 1)[0].decode(errors="replace"))
+
+
+def program_ids(bpf: Any) -> list[int]:
+    """Kernel ids of the programs a BCC ``BPF`` object has loaded (x86_64)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    infos = [_prog_info(libc, f.fd) for f in list(bpf.funcs.values())] if bpf is not None else []
+    return sorted(i[0] for i in infos if i is not None)
+
+
 def loaded_programs() -> list[tuple[int, int, str]]:
     """Every BPF program loaded in the kernel now: ``[(id, prog type, name)]``.
 
@@ -272,14 +293,9 @@ def loaded_programs() -> list[tuple[int, int, str]]:
         if fd < 0:  # unloaded between the two calls
             continue
         try:
-            info = (ctypes.c_uint8 * 256)()
-            g = (ctypes.c_uint64 * 16)()
-            g[0] = fd | (ctypes.sizeof(info) << 32)  # bpf_fd (u32), info_len (u32)
-            g[1] = ctypes.addressof(info)
-            if libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(g), ctypes.sizeof(g)) == 0:
-                raw = bytes(info)
-                name = raw[64:80].split(b"\0", 1)[0].decode(errors="replace")
-                out.append((start, int.from_bytes(raw[0:4], "little"), name))
+            info = _prog_info(libc, fd)
+            if info is not None:
+                out.append(info)
         finally:
             os.close(fd)
 
@@ -526,6 +542,10 @@ class BpfMonitor:
     def running(self) -> bool:
         return self._bpf is not None
 
+    def program_ids(self) -> list[int]:
+        """Kernel ids of this monitor's loaded programs (empty when closed)."""
+        return program_ids(self._bpf)
+
     def start(self) -> BpfMonitor:
         """Compile and attach the programs (~0.3-1 s) and start the breach poll thread."""
         if self._bpf is not None:
@@ -540,7 +560,7 @@ class BpfMonitor:
         bcc = import_bcc()
         text = _PROGRAM % {"ncount": len(COUNTERS), "max_calls": self.max_calls, **_IDX}
         try:
-            b = bcc.BPF(text=text, cflags=["-Wno-visibility", "-w"])
+            b = bcc.BPF(text=text.encode(), cflags=["-Wno-visibility", "-w"])
         except Exception as exc:
             raise SandboxUnavailable(f"eBPF: the monitor program did not compile or load: {exc}") from exc
         try:
@@ -549,9 +569,9 @@ class BpfMonitor:
                 if not (TRACEFS / "events" / cat / ev).is_dir():
                     log.info("tracepoint %s absent on this kernel: %s not counted", tp, fn)
                     continue
-                b.attach_tracepoint(tp=tp, fn_name=fn)
+                b.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
                 self.attached.append(tp)
-            b["breaches"].open_perf_buffer(self._on_event, page_cnt=16)
+            b[b"breaches"].open_perf_buffer(self._on_event, page_cnt=16)
         except Exception as exc:
             b.cleanup()
             raise SandboxUnavailable(f"eBPF: attaching the monitor's tracepoints failed: {exc}") from exc
@@ -574,7 +594,7 @@ class BpfMonitor:
 
     def _on_event(self, cpu: int, data: Any, size: int) -> None:
         now = time.monotonic_ns()
-        ev = self._bpf["breaches"].event(data)
+        ev = self._bpf[b"breaches"].event(data)
         watch = self._watches.get(int(ev.cgid))
         if watch is None or ev.counter >= len(COUNTERS):
             return
@@ -608,7 +628,7 @@ class BpfMonitor:
         w = CallWatch(self, cgid, None if isinstance(call, int) else call, budgets, policy)
         with self._lock:
             try:
-                self._bpf["counts"][self._key(cgid)] = self._bpf["counts"].Leaf()
+                self._bpf[b"counts"][self._key(cgid)] = self._bpf[b"counts"].Leaf()
                 if budgets:
                     self._set_budgets(cgid, w.limits)
             except Exception as exc:
@@ -617,10 +637,10 @@ class BpfMonitor:
         return w
 
     def _key(self, cgid: int) -> Any:
-        return self._bpf["counts"].Key(cgid)
+        return self._bpf[b"counts"].Key(cgid)
 
     def _set_budgets(self, cgid: int, limits: dict[str, int]) -> None:
-        t = self._bpf["budgets"]
+        t = self._bpf[b"budgets"]
         leaf = t.Leaf()  # zeroed: tripped flags re-armed
         for c, lim in limits.items():
             leaf.limit[_IDX[c]] = lim
@@ -628,7 +648,7 @@ class BpfMonitor:
 
     def _read(self, cgid: int) -> EbpfCounts:
         try:
-            leaf = self._bpf["counts"][self._key(cgid)]
+            leaf = self._bpf[b"counts"][self._key(cgid)]
         except KeyError:
             return EbpfCounts()
         return EbpfCounts(*(int(leaf.v[i]) for i in range(len(COUNTERS))))
@@ -636,7 +656,7 @@ class BpfMonitor:
     def _unwatch(self, cgid: int) -> None:
         with self._lock:
             self._watches.pop(cgid, None)
-            for name in ("counts", "budgets"):
+            for name in (b"counts", b"budgets"):
                 try:
                     del self._bpf[name][self._bpf[name].Key(cgid)]
                 except (KeyError, TypeError):

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrt.cgroups._ebpf import ebpf_status, ensure_tracefs, import_bcc
+from agentrt.cgroups._ebpf import ebpf_status, ensure_tracefs, import_bcc, program_ids
 from agentrt.errors import SandboxError, SandboxUnavailable
 
 __all__ = ["NetAttachment", "NetPolicy", "parse_allow", "shared_net_policy"]
@@ -179,7 +179,7 @@ class NetAttachment:
     """
 
     def __init__(self, policy: NetPolicy, cgroup_dir: Path, cgroup_id: int, fd: int,
-                 allow: list[AllowEntry], keys: list[tuple[str, Any]]) -> None:
+                 allow: list[AllowEntry], keys: list[tuple[bytes, Any]]) -> None:
         self.policy = policy
         self.cgroup_dir = cgroup_dir
         self.cgroup_id = cgroup_id
@@ -234,6 +234,10 @@ class NetPolicy:
     def running(self) -> bool:
         return self._bpf is not None
 
+    def program_ids(self) -> list[int]:
+        """Kernel ids of the four loaded programs (empty when closed)."""
+        return program_ids(self._bpf)
+
     def start(self) -> NetPolicy:
         """Compile and load the four programs (~0.3-1 s); nothing is attached yet."""
         if self._bpf is not None:
@@ -248,10 +252,10 @@ class NetPolicy:
         text = _PROGRAM % {"max_policies": self.max_policies, "max_entries": self.max_entries,
                            "max_levels": MAX_LEVELS}
         try:
-            b = bcc.BPF(text=text, cflags=["-w"])
+            b = bcc.BPF(text=text.encode(), cflags=["-w"])
             for fn, at in _HOOKS.items():
                 self._types[fn] = getattr(bcc.BPFAttachType, at)
-                self._fns[fn] = b.load_func(fn, bcc.BPF.CGROUP_SOCK_ADDR, attach_type=self._types[fn])
+                self._fns[fn] = b.load_func(fn.encode(), bcc.BPF.CGROUP_SOCK_ADDR, attach_type=self._types[fn])
         except Exception as exc:
             raise SandboxUnavailable(f"eBPF: the network policy programs did not load: {exc}") from exc
         self._bpf = b
@@ -271,24 +275,24 @@ class NetPolicy:
         d = Path(cgroup_dir)
         cgid = d.stat().st_ino
         b = self._bpf
-        keys: list[tuple[str, Any]] = []
+        keys: list[tuple[bytes, Any]] = []
         with self._lock:
-            b["policy"][b["policy"].Key(cgid)] = b["policy"].Leaf()
+            b[b"policy"][b[b"policy"].Key(cgid)] = b[b"policy"].Leaf()
             for e in entries:
                 if isinstance(e.addr, ipaddress.IPv4Address):
-                    t = b["allow4"]
+                    t = b[b"allow4"]
                     k = t.Key()
                     k.owner, k.addr, k.port = cgid, int.from_bytes(e.addr.packed, "little"), e.port
                     t[k] = t.Leaf(1)
-                    keys.append(("allow4", k))
+                    keys.append((b"allow4", k))
                 else:
-                    t = b["allow6"]
+                    t = b[b"allow6"]
                     k = t.Key()
                     k.owner, k.port = cgid, e.port
                     for i in range(4):  # network-order words, as the kernel stores user_ip6
                         k.addr[i] = int.from_bytes(e.addr.packed[4 * i:4 * i + 4], "little")
                     t[k] = t.Leaf(1)
-                    keys.append(("allow6", k))
+                    keys.append((b"allow6", k))
             fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
             done: list[str] = []
             try:
@@ -311,7 +315,7 @@ class NetPolicy:
         except Exception as exc:  # the directory may be gone already: nothing stays attached then
             log.debug("detach %s: %s", fn, exc)
 
-    def _forget(self, cgid: int, keys: list[tuple[str, Any]]) -> None:
+    def _forget(self, cgid: int, keys: list[tuple[bytes, Any]]) -> None:
         b = self._bpf
         for name, k in keys:
             try:
@@ -319,13 +323,13 @@ class NetPolicy:
             except KeyError:
                 pass
         try:
-            del b["policy"][b["policy"].Key(cgid)]
+            del b[b"policy"][b[b"policy"].Key(cgid)]
         except KeyError:
             pass
 
     def _counts(self, cgid: int) -> tuple[int, int]:
         try:
-            leaf = self._bpf["policy"][self._bpf["policy"].Key(cgid)]
+            leaf = self._bpf[b"policy"][self._bpf[b"policy"].Key(cgid)]
         except (KeyError, TypeError):
             return (0, 0)
         return int(leaf.denied), int(leaf.allowed)
