@@ -10,11 +10,14 @@ or a session's) and writes its policy, keyed by that directory's cgroup id:
   one fails at once with ``EPERM`` (the program returns 0). ``host:*`` allows every port of a
   host; an empty list denies all. IPv4-mapped IPv6 destinations (``::ffff:a.b.c.d``) are checked
   as IPv4.
-- Processes the call forks are in its cgroup, so they inherit the policy; a call cannot replace
-  it (attached without ``BPF_F_ALLOW_OVERRIDE``; the sandboxed call cannot write cgroupfs).
-- The program looks the policy up by the current cgroup id, then by each ancestor's
-  (``bpf_get_current_ancestor_cgroup_id``), deepest first, so a session-level policy covers
-  every call below it and a call's own policy wins over its session's.
+- Processes the call forks are in its cgroup, so they inherit the policy; the call cannot
+  remove or widen it (no write access to cgroupfs, no CAP_BPF in the sandbox, and any program
+  attached below would still be this one, which checks every policy above it).
+- The program checks the policy of the current cgroup and of each ancestor
+  (``bpf_get_current_ancestor_cgroup_id``); every one found must allow the destination. So a
+  session-level policy covers every call below it, and a call's own policy can only narrow it.
+  Programs are attached with ``BPF_F_ALLOW_OVERRIDE``, so a call's attachment replaces its
+  session's program for the call (one program runs per connect; it still checks both policies).
 - Host names are resolved once, when the policy is attached (``getaddrinfo``); the call itself
   gets no DNS unless its resolver is listed (e.g. ``"127.0.0.53:53"``).
 
@@ -49,6 +52,8 @@ __all__ = ["NetAttachment", "NetPolicy", "parse_allow", "shared_net_policy"]
 
 log = logging.getLogger(__name__)
 
+#: bpf(2) attach flag: a descendant cgroup may attach its own program in place of this one.
+_BPF_F_ALLOW_OVERRIDE = 1
 #: Ancestor levels searched for a policy (a cgroup deeper than this under the v2 root is not).
 MAX_LEVELS = 16
 
@@ -64,20 +69,6 @@ BPF_HASH(policy, u64, struct policy_t, %(max_policies)d);
 BPF_HASH(allow4, struct key4_t, u8, %(max_entries)d);
 BPF_HASH(allow6, struct key6_t, u8, %(max_entries)d);
 
-static __always_inline u64 owner_id(struct policy_t **p) {
-    u64 id = bpf_get_current_cgroup_id();
-    *p = policy.lookup(&id);
-    if (*p) return id;
-    #pragma unroll
-    for (int lvl = %(max_levels)d; lvl >= 0; lvl--) {
-        u64 a = bpf_get_current_ancestor_cgroup_id(lvl);
-        if (a == 0) continue;
-        *p = policy.lookup(&a);
-        if (*p) return a;
-    }
-    return 0;
-}
-
 static __always_inline int allowed4(u64 owner, u32 addr, u32 port) {
     struct key4_t k;
     __builtin_memset(&k, 0, sizeof(k));
@@ -87,35 +78,52 @@ static __always_inline int allowed4(u64 owner, u32 addr, u32 port) {
     return allow4.lookup(&k) != 0;
 }
 
-static __always_inline int verdict(struct policy_t *p, int ok) {
+static __always_inline int allowed6(u64 owner, u32 a0, u32 a1, u32 a2, u32 a3, u32 port) {
+    struct key6_t k;
+    __builtin_memset(&k, 0, sizeof(k));
+    k.owner = owner; k.addr[0] = a0; k.addr[1] = a1; k.addr[2] = a2; k.addr[3] = a3; k.port = port;
+    if (allow6.lookup(&k)) return 1;
+    k.port = 0;
+    return allow6.lookup(&k) != 0;
+}
+
+/* Every policy on the way from the current cgroup up to the root must allow the destination
+ * (a call's policy narrows its session's, never widens it); none found: deny (fail closed).
+ * The verdict is counted on the innermost policy. */
+static __always_inline int check(int v4, u32 a0, u32 a1, u32 a2, u32 a3, u32 port) {
+    struct policy_t *inner = 0;
+    int ok = 1;
+    u64 id = bpf_get_current_cgroup_id();
+    struct policy_t *p = policy.lookup(&id);
     if (p) {
-        if (ok) __sync_fetch_and_add(&p->allowed, 1);
-        else __sync_fetch_and_add(&p->denied, 1);
+        inner = p;
+        if (!(v4 ? allowed4(id, a3, port) : allowed6(id, a0, a1, a2, a3, port))) ok = 0;
     }
+    #pragma unroll
+    for (int lvl = %(max_levels)d; lvl >= 0; lvl--) {
+        u64 a = bpf_get_current_ancestor_cgroup_id(lvl);
+        if (a == 0 || a == id) continue;
+        p = policy.lookup(&a);
+        if (!p) continue;
+        if (!inner) inner = p;
+        if (!(v4 ? allowed4(a, a3, port) : allowed6(a, a0, a1, a2, a3, port))) ok = 0;
+    }
+    if (!inner) return 0;
+    if (ok) __sync_fetch_and_add(&inner->allowed, 1);
+    else __sync_fetch_and_add(&inner->denied, 1);
     return ok;
 }
 
 static __always_inline int check4(struct bpf_sock_addr *ctx) {
-    struct policy_t *p = 0;
-    u64 owner = owner_id(&p);
-    if (!owner) return 0;  /* attached but no policy found: fail closed */
-    return verdict(p, allowed4(owner, ctx->user_ip4, bpf_ntohs((u16)ctx->user_port)));
+    return check(1, 0, 0, 0, ctx->user_ip4, bpf_ntohs((u16)ctx->user_port));
 }
 
 static __always_inline int check6(struct bpf_sock_addr *ctx) {
-    struct policy_t *p = 0;
-    u64 owner = owner_id(&p);
-    if (!owner) return 0;
     u32 port = bpf_ntohs((u16)ctx->user_port);
     u32 a0 = ctx->user_ip6[0], a1 = ctx->user_ip6[1], a2 = ctx->user_ip6[2], a3 = ctx->user_ip6[3];
-    if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff))  /* ::ffff:a.b.c.d */
-        return verdict(p, allowed4(owner, a3, port));
-    struct key6_t k;
-    __builtin_memset(&k, 0, sizeof(k));
-    k.owner = owner; k.addr[0] = a0; k.addr[1] = a1; k.addr[2] = a2; k.addr[3] = a3; k.port = port;
-    int ok = allow6.lookup(&k) != 0;
-    if (!ok) { k.port = 0; ok = allow6.lookup(&k) != 0; }
-    return verdict(p, ok);
+    if (a0 == 0 && a1 == 0 && a2 == bpf_htonl(0xffff))  /* ::ffff:a.b.c.d is checked as IPv4 */
+        return check(1, 0, 0, 0, a3, port);
+    return check(0, a0, a1, a2, a3, port);
 }
 
 int art_connect4(struct bpf_sock_addr *ctx) { return check4(ctx); }
@@ -189,7 +197,8 @@ class NetAttachment:
         self._final: tuple[int, int] | None = None
 
     def counts(self) -> tuple[int, int]:
-        """``(denied, allowed)``: connects and sendmsgs the policy refused and let through."""
+        """``(denied, allowed)``: connects and sendmsgs refused and let through while this was the
+        innermost policy of the connecting process."""
         if self._final is not None:
             return self._final
         return self.policy._counts(self.cgroup_id)
@@ -297,7 +306,7 @@ class NetPolicy:
             done: list[str] = []
             try:
                 for fn in _HOOKS:
-                    import_bcc().BPF.attach_func(self._fns[fn], fd, self._types[fn])
+                    import_bcc().BPF.attach_func(self._fns[fn], fd, self._types[fn], _BPF_F_ALLOW_OVERRIDE)
                     done.append(fn)
             except Exception as exc:
                 for fn in done:
