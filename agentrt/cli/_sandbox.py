@@ -106,7 +106,10 @@ def run_cmd(
     pids: int = typer.Option(64, min=1, help="Most processes and threads at once (pids.max)."),
     timeout: float = typer.Option(30.0, min=0.001, help="Seconds before the command and all its children are killed."),
     network: str = typer.Option("none", help="none | loopback (a private loopback) | HOST:PORT[,HOST:PORT] (not supported yet)."),
-    backend: str = typer.Option("namespace", help=f"Sandbox backend: {' | '.join(BACKENDS)}."),
+    backend: str = typer.Option("namespace", help=f"Sandbox backend: {' | '.join(BACKENDS)} (docker: a "
+                                "container through the Docker API, e.g. Podman's from scripts/podman-service)."),
+    image: str | None = typer.Option(None, help="Container image for --backend docker (default: the one "
+                                     "scripts/podman-service builds)."),
     ro: list[str] = typer.Option([], "--ro", help="Host path visible read-only (repeatable)."),
     rw: list[str] = typer.Option([], "--rw", help="Host path visible read-write (repeatable)."),
     disk: str | None = typer.Option(None, help="Size of the private /tmp holding the work dir (e.g. 64M)."),
@@ -129,7 +132,7 @@ def run_cmd(
     # like `docker run -i`: stdin only when asked, so a script whose stdin stays open never hangs here
     stdin = sys.stdin.buffer.read() if interactive and sys.stdin is not None else None
     try:
-        be = get_backend(backend)
+        be = get_backend(backend, **({"image": image} if image and backend == "docker" else {}))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from None
     except SandboxError as exc:
