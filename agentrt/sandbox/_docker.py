@@ -38,6 +38,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -244,7 +245,8 @@ class DockerSandbox:
         self._closed = False
         self._seq = itertools.count(1)
         self.per_call_containers = 0
-        self.gate_dir = Path(tempfile.mkdtemp(prefix="agentrt-gate-"))
+        # named by the runtime, so a later backend can remove it if this process is killed
+        self.gate_dir = Path(tempfile.mkdtemp(prefix=f"agentrt-gate-{backend.runtime}-"))
         self._containers: list[Any] = []
         try:
             self.container = backend._run_container(
@@ -515,6 +517,10 @@ class DockerBackend:
             if rid != self.runtime and not _alive(rid):
                 self._remove(c)
                 n += 1
+        for d in Path(tempfile.gettempdir()).glob("agentrt-gate-*"):
+            m = re.fullmatch(r"agentrt-gate-(\d+-\d+)-.*", d.name)
+            if m and not _alive(m.group(1)):
+                shutil.rmtree(d, ignore_errors=True)
         return n
 
     def _run_container(self, command: list[str], gate_dir: Path, limits: Limits, *, session: bool,

@@ -6,8 +6,11 @@ Skipped, with the reason, when the docker SDK, an engine socket or the image is 
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -199,3 +202,42 @@ def test_no_engine_is_a_clear_sandbox_unavailable(monkeypatch):
     monkeypatch.delenv("AGENTRT_DOCKER_HOST", raising=False)
     with pytest.raises(SandboxUnavailable, match="no Docker Engine API answers .* scripts/podman-service"):
         DockerBackend()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    agentrt = str(Path(sys.executable).with_name("agentrt"))
+    return subprocess.run([agentrt, "sandbox", "run", "--backend", "docker", *args], check=False,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_cli_backend_docker_passes_exit_status_and_reports_oom(docker_backend):
+    r = _cli("--", "/bin/sh", "-c", "echo out; exit 7")
+    assert r.returncode == 7 and r.stdout == "out\n" and "sandbox: exit 7" in r.stderr
+    r = _cli("--memory", "32M", "--json", "--", PY, "-c", "b = bytearray(128 * 2**20)")
+    assert r.returncode == 137
+    out = json.loads(r.stdout)
+    assert out["backend"] == "docker" and out["error_kind"] == "oom"
+    assert out["usage"]["memory_peak_bytes"] <= 33 * MiB
+
+
+def test_cli_unknown_image_is_a_clear_error(docker_backend):
+    r = _cli("--image", "localhost/agentrt-no-such-image:0", "--", "true")
+    assert r.returncode == 125 and "scripts/podman-service" in r.stderr
+
+
+def test_containers_of_a_killed_runtime_are_reaped_by_the_next_backend(docker_backend):
+    script = ("import anyio, os, sys\n"
+              "from agentrt.sandbox import DockerBackend\n"
+              "sb = DockerBackend().start('doomed')\n"
+              "print(sb.container.id, sb.gate_dir, flush=True)\n"
+              "os.kill(os.getpid(), 9)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    cid, gate = r.stdout.split()
+    assert r.returncode == -9 and cid and Path(gate).is_dir()
+    assert docker_backend.client.containers.list(all=True, filters={"id": cid})  # left by the dead runtime
+    from agentrt.sandbox import DockerBackend
+
+    again = DockerBackend()
+    assert again.reaped >= 1
+    assert docker_backend.client.containers.list(all=True, filters={"id": cid}) == []
+    assert not Path(gate).exists()
