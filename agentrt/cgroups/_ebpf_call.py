@@ -1,7 +1,9 @@
 """One tool call's eBPF parts, for sandbox backends: its counters, budgets and network policy.
 
 A backend calls `EbpfCall.begin` after creating the call's cgroup and before its process starts
-(or, for a prewarmed call, when the call takes it), and `EbpfCall.finish` after the process
+(or, for a prewarmed call, when the call takes it: what the sandbox did while it waited is not
+counted, though a call that takes a sandbox still being built counts the rest of its building),
+and `EbpfCall.finish` after the process
 ended and before the cgroup is removed; ``finish`` returns the usage fields to merge into the
 call's ``ToolUsage``:
 
