@@ -339,7 +339,7 @@ class DockerSandbox:
             async def run() -> None:
                 try:
                     await anyio.to_thread.run_sync(create_and_start)
-                except Exception as exc:  # the engine failed: raised after the call's cleanup
+                except self.backend.errors as exc:  # the engine failed: raised after the call's cleanup
                     box["error"] = exc
                 finally:
                     done.set()
@@ -374,9 +374,12 @@ class DockerSandbox:
         if pid is None:
             raise SandboxError(f"the gated process did not appear in the container's cgroup within "
                                f"{_FIND_TIMEOUT:g} s (engine: {self.backend.base_url})")
-        for f in call.procs_files:
-            with open(f, "w") as fh:
-                fh.write(str(pid))
+        for f in call.procs_files:  # cgroupfs: a write that never blocks
+            fd = os.open(f, os.O_WRONLY)
+            try:
+                os.write(fd, str(pid).encode())
+            finally:
+                os.close(fd)
         await anyio.to_thread.run_sync(_release, fifo, deadline)
         timed_out = False
         try:
@@ -487,9 +490,11 @@ class DockerBackend:
         try:
             self.client = docker.DockerClient(base_url=url, timeout=60, max_pool_size=64)
             self.client.ping()
-        except Exception as exc:
+        except (docker.errors.DockerException, OSError) as exc:  # requests' errors are OSErrors
             raise SandboxUnavailable(f"no Docker Engine API answers at {url}: {exc}; start Podman's API with "
                                      "scripts/podman-service (or a Docker engine), or set DOCKER_HOST") from None
+        #: what the engine's client raises (its HTTP layer's errors are OSErrors)
+        self.errors: tuple[type[BaseException], ...] = (docker.errors.DockerException, OSError)
         self.image = image
         try:
             self.client.images.get(image)
@@ -509,7 +514,7 @@ class DockerBackend:
         n = 0
         try:
             old = self.client.containers.list(all=True, filters={"label": _LABEL_RUNTIME})
-        except Exception as exc:
+        except self.errors as exc:
             log.warning("cannot list containers to reap: %s", exc)
             return 0
         for c in old:
@@ -539,7 +544,7 @@ class DockerBackend:
         opts: dict[str, Any] = dict(
             detach=True, network_mode="none", read_only=True, tmpfs={"/tmp": tmp},
             volumes=volumes, cap_drop=["ALL"], security_opt=["no-new-privileges"], hostname="sandbox",
-            environment=dict(CLEAN_ENV), working_dir="/tmp",
+            environment=CLEAN_ENV.copy(), working_dir="/tmp",
             labels={_LABEL_RUNTIME: self.runtime, _LABEL_SESSION: label or ""})
         if session:
             opts.update(pids_limit=self.session_pids)
@@ -553,13 +558,13 @@ class DockerBackend:
                         memswap_limit=limits.memory_max, nano_cpus=int(limits.cpu * 1e9))
         try:
             return self.client.containers.run(self.image, command, **opts)
-        except Exception as exc:
+        except self.errors as exc:
             raise SandboxError(f"cannot start a container from {self.image} at {self.base_url}: {exc}") from exc
 
     def _remove(self, container: Any) -> None:
         try:
             container.remove(force=True)
-        except Exception as exc:
+        except self.errors as exc:
             if "No such container" not in str(exc) and "404" not in str(exc):
                 log.warning("container %s not removed: %s", getattr(container, "short_id", "?"), exc)
 

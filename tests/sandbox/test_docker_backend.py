@@ -231,7 +231,7 @@ def test_containers_of_a_killed_runtime_are_reaped_by_the_next_backend(docker_ba
               "sb = DockerBackend().start('doomed')\n"
               "print(sb.container.id, sb.gate_dir, flush=True)\n"
               "os.kill(os.getpid(), 9)\n")
-    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    r = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     cid, gate = r.stdout.split()
     assert r.returncode == -9 and cid and Path(gate).is_dir()
     assert docker_backend.client.containers.list(all=True, filters={"id": cid})  # left by the dead runtime
@@ -241,3 +241,32 @@ def test_containers_of_a_killed_runtime_are_reaped_by_the_next_backend(docker_ba
     assert again.reaped >= 1
     assert docker_backend.client.containers.list(all=True, filters={"id": cid}) == []
     assert not Path(gate).exists()
+
+
+async def test_admission_control_holds_container_calls_to_the_budget(docker_backend):
+    from agentrt.executor import AdmissionController, observe_session
+
+    ctl = AdmissionController(budget=100 * MiB)
+    sb = docker_backend.start("admission")
+    assert observe_session(sb)
+    attached: list[bool] = []
+    results = []
+
+    async def one() -> None:
+        lim = Limits(memory="60M", memory_burst=1.0)
+        async with ctl.reserve(lim, "hold") as g:
+            r = await sb.exec([PY, "-c", "import time; b = bytearray(40 * 2**20); time.sleep(0.8)"],
+                              g.limits_for(lim))
+            attached.append(g.call is not None)  # the call's sub-group in the container was seen
+            results.append(ctl.finish(g, r, lim))
+
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            tg.start_soon(one)
+    finally:
+        sb.close()
+    assert all(r.ok for r in results), [r.error for r in results]
+    waits = sorted(r.usage.admission_wait_seconds for r in results)
+    assert waits[0] < 0.1 and waits[1] > 0.5  # 2 x 60 MiB do not fit in 100 MiB: one waited
+    assert attached == [True, True]
