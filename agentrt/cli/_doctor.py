@@ -210,6 +210,18 @@ def check_kernel_headers() -> Check:
                  f"| tail -1) {build}")
 
 
+def check_ebpf() -> Check:
+    """The eBPF monitor and network policy, end to end (one counted call, one denied connect)."""
+    from agentrt.cgroups import ebpf_probe
+
+    works, detail = ebpf_probe()
+    if works:
+        return Check("eBPF accounting + net policy", OK, detail)
+    return Check("eBPF accounting + net policy", MISSING,
+                 f"{detail}; calls run without eBPF counters, and network allow-lists are denied",
+                 "apt-get install -y bpfcc-tools python3-bpfcc linux-headers-amd64 && scripts/setup")
+
+
 def _socket_answers(path: str) -> bool:
     """Whether a Docker-API unix socket answers ``GET /_ping`` with 200."""
     try:
@@ -269,7 +281,7 @@ def run_checks(settings: Settings, *, engine: bool) -> list[Check]:
     checks: list[Check] = [check_model_parts(settings), check_model_file(settings),
                            check_engine(settings, start=engine)]
     for probe in (check_bubblewrap, check_cgroups, check_sandbox, check_bcc, check_kernel_headers,
-                  check_container_engine, check_rapl):
+                  check_ebpf, check_container_engine, check_rapl):
         try:
             checks.append(probe())
         except Exception as exc:  # a probe bug must not hide the other checks
