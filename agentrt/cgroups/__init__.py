@@ -41,6 +41,7 @@ eBPF (optional; BCC from Debian, imported only when a monitor or policy starts; 
   cgroup connect4/6 + sendmsg4/6 programs; everything else fails with EPERM; ``close()`` detaches.
 - `EbpfCall`: both for one call, as a sandbox backend uses them (``begin`` ... ``finish()`` ->
   usage fields ``ebpf_*``); `EbpfDenied` when a call asks for a part this host lacks.
+- `ebpf_probe() -> (works, detail)`: one counted call and one denied connect (``agentrt doctor``).
 - `loaded_programs()`: every BPF program in the kernel ``(id, type, name)``; agentrt's are ``art_*``.
 """
 
@@ -66,7 +67,7 @@ from agentrt.cgroups._ebpf import (
     loaded_programs,
     shared_monitor,
 )
-from agentrt.cgroups._ebpf_call import EbpfCall, EbpfDenied
+from agentrt.cgroups._ebpf_call import EbpfCall, EbpfDenied, ebpf_probe
 from agentrt.cgroups._ebpf_net import NetAttachment, NetPolicy, shared_net_policy
 from agentrt.cgroups._layout import CgroupLayout, LayoutKind, detect_layout
 from agentrt.cgroups._shim import SHIM_JOIN_FAILED, python_shim_argv, shim_argv
