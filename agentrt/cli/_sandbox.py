@@ -94,7 +94,29 @@ def _summary(r: ToolResult, code: int) -> str:
              else "throttled n/a",
              f"oom kills {extra.get('oom_kills', 'n/a')}",
              f"pids peak {extra.get('pids_peak', 'n/a')}"]
+    if "ebpf_execs" in extra:  # eBPF counters (namespace backend, where BCC works)
+        parts.append(f"ebpf: {extra['ebpf_execs']} execs, {extra['ebpf_opens']} opens, "
+                     f"{extra['ebpf_read_bytes']}/{extra['ebpf_write_bytes']} bytes read/written, "
+                     f"{extra['ebpf_connects']} connects, {extra['ebpf_page_faults']} page faults")
     return "sandbox: " + ", ".join(parts)
+
+
+def _budgets(specs: list[str]) -> dict[str, object]:
+    """``--budget COUNTER=LIMIT[:MAX]`` -> ``{counter: Budget(LIMIT, max=MAX)}``."""
+    from agentrt.cgroups import BUDGET_COUNTERS, Budget
+
+    out: dict[str, object] = {}
+    for spec in specs:
+        name, _, rest = spec.partition("=")
+        lim, _, mx = rest.partition(":")
+        if name not in BUDGET_COUNTERS or not lim.isdigit() or (mx and not mx.isdigit()):
+            raise typer.BadParameter(f"{spec!r}: use COUNTER=LIMIT[:MAX], COUNTER one of "
+                                     f"{', '.join(BUDGET_COUNTERS)}", param_hint="--budget")
+        try:
+            out[name] = Budget(int(lim), max=int(mx) if mx else None)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--budget") from None
+    return out
 
 
 @sandbox_app.command("run", context_settings={"allow_interspersed_args": False})
@@ -105,7 +127,8 @@ def run_cmd(
     cpus: float = typer.Option(1.0, min=0.01, help="CPU cores (fractional), as a CFS quota."),
     pids: int = typer.Option(64, min=1, help="Most processes and threads at once (pids.max)."),
     timeout: float = typer.Option(30.0, min=0.001, help="Seconds before the command and all its children are killed."),
-    network: str = typer.Option("none", help="none | loopback (a private loopback) | HOST:PORT[,HOST:PORT] (not supported yet)."),
+    network: str = typer.Option("none", help="none | loopback (a private loopback) | HOST:PORT[,HOST:PORT] (only those, enforced by "
+                                 "eBPF connect hooks; denied where eBPF is unavailable)."),
     backend: str = typer.Option("namespace", help=f"Sandbox backend: {' | '.join(BACKENDS)} (docker: a "
                                 "container through the Docker API, e.g. Podman's from scripts/podman-service)."),
     image: str | None = typer.Option(None, help="Container image for --backend docker (default: the one "
@@ -116,6 +139,9 @@ def run_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object (exit code, usage, output)."),
     interactive: bool = typer.Option(False, "--interactive", "-i",
                                      help="Pass this command's standard input to CMD (read to its end first)."),
+    budget: list[str] = typer.Option([], "--budget", help="COUNTER=LIMIT[:MAX] (execs, opens, connects, "
+                                     "page_faults): the kernel stops CMD past LIMIT; raised up to MAX, else "
+                                     "killed (limit_exceeded, exit 137). Namespace backend with eBPF; repeatable."),
 ) -> None:
     """Run CMD in a sandbox; print its output, exit status and usage; exit with its status.
 
@@ -131,8 +157,12 @@ def run_cmd(
         raise typer.BadParameter(str(exc)) from None
     # like `docker run -i`: stdin only when asked, so a script whose stdin stays open never hangs here
     stdin = sys.stdin.buffer.read() if interactive and sys.stdin is not None else None
+    budgets = _budgets(budget)
+    if budgets and backend != "namespace":
+        raise typer.BadParameter("budgets need the namespace backend", param_hint="--budget")
     try:
-        be = get_backend(backend, **({"image": image} if image and backend == "docker" else {}))
+        be = get_backend(backend, **({"image": image} if image and backend == "docker" else {}),
+                         **({"ebpf_budgets": budgets} if budgets else {}))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from None
     except SandboxError as exc:
@@ -162,7 +192,7 @@ def run_cmd(
         sys.stdout.write(value.get("stdout", ""))
         sys.stdout.flush()
         sys.stderr.write(value.get("stderr", ""))
-        if r.error_kind in ("oom", "timeout", "denied", "invalid_args") or (r.error_kind == "killed"):
+        if r.error_kind in ("oom", "timeout", "denied", "invalid_args", "killed", "limit_exceeded"):
             err.print(f"[red]{r.error_kind}:[/] {r.error}")
         err.print(_summary(r, code))
     raise typer.Exit(code)
