@@ -180,3 +180,14 @@ def test_cli_json_includes_the_ebpf_counters(backend):
                        check=False, capture_output=True, text=True, timeout=120)
     out = json.loads(r.stdout)
     assert r.returncode == 0 and out["usage"]["ebpf_execs"] >= 3 and "ebpf_page_faults" in out["usage"]
+
+
+def test_cli_budget_stops_a_command_and_names_the_counter(backend):
+    script = "for i in 1 2 3 4 5 6; do /bin/true; done"
+    r = subprocess.run([AGENTRT, "sandbox", "run", "--json", "--budget", "execs=3", "--", "/bin/sh", "-c", script],
+                       check=False, capture_output=True, text=True, timeout=120)
+    out = json.loads(r.stdout)
+    assert out["error_kind"] == "limit_exceeded" and "execs" in out["error"] and out["usage"]["ebpf_execs"] == 4
+    ok = subprocess.run([AGENTRT, "sandbox", "run", "--budget", "execs=3:100", "--", "/bin/sh", "-c", script],
+                        check=False, capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "ebpf: " in ok.stderr
