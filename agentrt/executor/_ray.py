@@ -225,9 +225,9 @@ class RayBackend:
         check_feasible: refuse (``denied``) a call no node can ever hold. Turn off on an
             autoscaling cluster, where nodes that can hold it may still come.
 
-    Use ``async with RayBackend() as backend:``; or call `start` / `close` (the first `submit`
-    starts it). If Ray is already initialised in this process, that cluster is used and left
-    running.
+    Use ``async with RayBackend() as backend:``; or call `start` / `close` (a `submit` before
+    any `start` starts it, and `close` then stops it). If Ray is already initialised in this
+    process, that cluster is used and left running.
 
     Raises:
         ExecutorUnavailable: (on start) ray is not installed, or the cluster cannot be reached.
@@ -286,6 +286,13 @@ class RayBackend:
             except BaseException:
                 self._users -= 1
                 raise
+
+    def _start_once(self) -> None:
+        """Start on first use (one user, however many calls race here); `close` releases it."""
+        with self._lock:
+            if self._remote is None:
+                self._start()
+                self._users += 1
 
     def _start(self) -> None:
         ray = _import_ray()
@@ -421,7 +428,7 @@ class RayBackend:
             AgentrtError: the worker's runtime failed (e.g. its sandbox), re-raised here.
         """
         if self._remote is None:
-            await anyio.to_thread.run_sync(self.start)
+            await anyio.to_thread.run_sync(self._start_once)
         ray = self._ray
         if self.check_feasible:
             if time.monotonic() - self._nodes_at > NODES_TTL_SECONDS:

@@ -214,10 +214,13 @@ async def test_a_call_asking_for_more_cpus_than_any_node_has_is_denied_at_once(b
     r = await backend.submit(Task(id=1, tool="greedy"), greedy, {}, greedy.limits)
     assert r.error_kind == "denied" and "64 CPUs" in r.error and "2 CPUs" in r.error, r.error
     assert time.monotonic() - t0 < 5, "an infeasible task must fail fast, not wait for a node"
-    custom = RayBackend(resources={"add": {"tpu_pod": 1}})
-    custom._ray, custom._remote = backend._ray, backend._remote
-    r = await custom.submit(Task(id=2, tool="add"), add, {"a": 1, "b": 2}, add.limits)
+    r = await backend.submit(Task(id=3, tool="add"), add, {"a": 1, "b": 2}, Limits(memory="4T"))
+    assert r.error_kind == "denied" and "4096.00 GiB memory" in r.error, r.error
+    async with RayBackend(resources={"add": {"tpu_pod": 1}}) as custom:  # joins the running Ray
+        assert not custom.owns_cluster
+        r = await custom.submit(Task(id=2, tool="add"), add, {"a": 1, "b": 2}, add.limits)
     assert r.error_kind == "denied" and "tpu_pod" in r.error
+    assert ray.is_initialized(), "a backend that joined a running Ray must leave it running"
 
 
 @needs_sandbox
@@ -296,15 +299,14 @@ async def test_an_agent_answers_the_same_on_ray_as_locally(backend: RayBackend) 
 
 
 async def test_sandbox_none_refuses_sandbox_tools_and_sandbox_all_confines_the_rest(backend: RayBackend) -> None:
-    bare = RayBackend(sandbox="none")
-    bare._ray, bare._remote = backend._ray, backend._remote
+    bare = RayBackend(sandbox="none")  # started by its first call, on the running Ray
     r = await bare.submit(Task(id=1, tool="sandboxed_pid"), sandboxed_pid, {}, sandboxed_pid.limits)
+    bare.close()
     assert r.error_kind == "denied" and "sandbox" in r.error, r
     if _sandbox_missing() is not None:
         pytest.skip(f"no sandbox: {_sandbox_missing()}")
-    confined = RayBackend(sandbox_all=True)
-    confined._ray, confined._remote = backend._ray, backend._remote
-    r = await confined.submit(Task(id=2, tool="where"), where, {}, Limits(memory="64M"))
+    async with RayBackend(sandbox_all=True) as confined:
+        r = await confined.submit(Task(id=2, tool="where"), where, {}, Limits(memory="64M"))
     assert r.ok and r.value < 10, "an in-process tool did not run in the sandbox's pid namespace"
     assert r.usage.memory_peak_bytes, "no cgroup measured the call"
 
