@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
@@ -10,6 +11,7 @@ from types import TracebackType
 from typing import Any
 
 import anyio
+import anyio.to_thread
 
 from agentrt.config import LOCAL_MODEL_NAME, Settings, get_settings
 from agentrt.errors import UsageLimitExceeded
@@ -26,6 +28,8 @@ from agentrt.tools import Tool, ToolRegistry, ToolResult
 from agentrt.tracing import Tracer, get_tracer
 
 __all__ = ["Agent", "RunFinished", "RunResult", "RunStream"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -113,6 +117,15 @@ class Agent:
             `ExecutorBackend` (e.g. Ray's).
         sandbox_all: also run in-process tools in the sandbox (each call in a worker process
             under its tool's limits; slower, and the tool must be importable there).
+        memory: the episodic memory: True (default) opens the configured store
+            (``<data dir>/memory/memory.db``; without a usable embedder a warning says why and
+            runs go unremembered), False for none, or a `MemoryStore`. Every run's episode
+            (question, plan, results, answer) is appended, durably, before `run` returns; the
+            planner is shown the most similar past episode when its question is close enough
+            (cosine >= ``memory_threshold``).
+        memory_session: session label of this agent's episodes (default ``"default"``).
+        memory_threshold: cosine similarity of a past question to this one above which its
+            episode is given to the planner.
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -131,6 +144,9 @@ class Agent:
         tracing: bool | Tracer = True,
         sandbox: str | ExecutorBackend = "auto",
         sandbox_all: bool = False,
+        memory: Any = True,
+        memory_session: str = "default",
+        memory_threshold: float = 0.8,
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
@@ -143,6 +159,8 @@ class Agent:
         self._sandbox_spec, self._sandbox_all = sandbox, sandbox_all
         self._backend: ExecutorBackend | None = None  # held open between runs by `async with`
         self._backend_stack: AsyncExitStack | None = None
+        self._memory_spec, self._memory = memory, None
+        self.memory_session, self.memory_threshold = memory_session, memory_threshold
         self._model = model
         self._engine: Any = None
         self._local = False  # the model is the embedded local engine (cost 0 USD)
@@ -209,17 +227,64 @@ class Agent:
 
     async def _traced_run(self, compiler: LLMCompiler, tracer: Tracer, question: str,
                           model_name: str) -> RunResult:
+        store = await self._open_memory()
         with tracer.run(agent="agentrt", question=question) as run_span:
             trace_id = run_span.run_id if tracer.enabled else None
             run_span.set("gen_ai.request.model", model_name)
+            context = None
+            if store is not None:
+                with tracer.span("memory recall", "memory") as span:
+                    context = await anyio.to_thread.run_sync(self._recall, store, question)
+                    span.set("agentrt.memory.recalled", bool(context))
             try:
-                res = await compiler.run(question)
+                res = await compiler.run(question, context=context or None)
             except UsageLimitExceeded as exc:
                 if isinstance(exc.partial, CompilerResult):
+                    if store is not None:
+                        await self._remember(store, tracer, question, exc.partial)
                     exc.partial = RunResult.from_compiler(exc.partial, trace_id)
                 raise
             run_span.set("agentrt.run.partial", res.partial)
+            if store is not None:
+                await self._remember(store, tracer, question, res)
         return RunResult.from_compiler(res, trace_id)
+
+    async def _open_memory(self) -> Any:
+        """The memory store, opened on first use; None when memory is off or cannot open."""
+        if self._memory is None and self._memory_spec is not False:
+            if self._memory_spec is True:
+                from agentrt.errors import AgentrtError
+                from agentrt.memory_store import open_store
+
+                try:
+                    self._memory = await anyio.to_thread.run_sync(open_store, self.settings)
+                except (AgentrtError, ImportError) as exc:
+                    log.warning("runs will not be remembered: %s", exc)
+                    self._memory_spec = False
+            else:
+                self._memory = self._memory_spec
+        return self._memory
+
+    def _recall(self, store: Any, question: str) -> str:
+        """The most similar past episode as text, if its question is close enough, else ""."""
+        from agentrt.memory_store import Filters
+
+        res = store.search(question, k=1, filters=Filters(kind="question", session=self.memory_session),
+                           mode="vector")
+        if not res.hits or (res.hits[0].dense if res.hits[0].dense is not None else res.hits[0].score) \
+                < self.memory_threshold:
+            return ""
+        return store.relevant_episodes(question, k=1, session=self.memory_session, max_chars=800)
+
+    async def _remember(self, store: Any, tracer: Tracer, question: str, res: CompilerResult) -> None:
+        """Append the run's episode (durable when this returns)."""
+        plan = "\n".join(res.tasks[i].render() for i in sorted(res.tasks))
+        results = [{"tool": res.tasks[i].tool, "args": res.tasks[i].args, "ok": r.ok, "value": r.value,
+                    "error": r.error} for i, r in sorted(res.results.items()) if i in res.tasks]
+        meta = {"partial": res.partial, "reason": res.reason, "wall_seconds": res.wall_seconds}
+        with tracer.span("memory append", "memory"):
+            await anyio.to_thread.run_sync(lambda: store.append_episode(
+                self.memory_session, question, plan or None, results, res.answer or None, meta=meta))
 
     def _tracer(self) -> Tracer:
         if isinstance(self._tracing, Tracer):
@@ -258,8 +323,11 @@ class Agent:
         return anyio.run(once)
 
     async def aclose(self) -> None:
-        """Close the sandbox session and stop the local engine if this agent started them."""
+        """Close the sandbox session, the memory store it opened, and the local engine it started."""
         stack, self._backend_stack, self._backend = self._backend_stack, None, None
+        if self._memory is not None and self._memory_spec is True:
+            memory, self._memory = self._memory, None
+            memory.close()
         try:
             if stack is not None:
                 await stack.aclose()

@@ -9,13 +9,25 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _traces_in_a_temporary_store(tmp_path_factory: pytest.TempPathFactory):
+def _traces_and_memory_in_temporary_stores(tmp_path_factory: pytest.TempPathFactory):
     """Runs made by tests are traced into a store of their own, not the user's trace store."""
     from agentrt.tracing import TraceStore, set_tracer
 
+    import os
+
     store = TraceStore(tmp_path_factory.mktemp("traces") / "traces.sqlite")
     set_tracer(store.tracer())
+    # and their episodes go to a memory store of their own, embedded without a model (fast);
+    # tests of the memory store itself pick their own paths and embedders
+    saved = {k: os.environ.get(k) for k in ("AGENTRT_MEMORY__PATH", "AGENTRT_MEMORY__EMBEDDER")}
+    os.environ["AGENTRT_MEMORY__PATH"] = str(tmp_path_factory.mktemp("memory") / "memory.db")
+    os.environ["AGENTRT_MEMORY__EMBEDDER"] = "hashing"
     yield store
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
     set_tracer(None)
     store.close()
 

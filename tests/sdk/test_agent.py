@@ -100,7 +100,7 @@ async def test_a_run_is_traced_with_its_llm_calls_and_tool_calls(tmp_path) -> No
     finally:
         store.close()
     ops = sorted(s.operation for s in spans)
-    assert ops == ["chat", "chat", "execute_tool", "execute_tool", "invoke_agent"]
+    assert ops == ["chat", "chat", "execute_tool", "execute_tool", "invoke_agent", "memory", "memory"]
     root = next(s for s in spans if s.operation == "invoke_agent")
     assert all(s.parent_id == root.span_id for s in spans if s is not root)
     tools = sorted((s for s in spans if s.operation == "execute_tool"), key=lambda s: s.start_ns)
