@@ -15,6 +15,7 @@ __all__ = [
     "ModelHTTPError",
     "ModelNotFound",
     "ModelResponseError",
+    "DecodingError",
     "ModelNotInstalled",
     "EngineError",
     "PlanError",
@@ -70,6 +71,11 @@ class ModelNotFound(ModelHTTPError):
 
 class ModelResponseError(ModelError):
     """The endpoint answered 2xx but the body or stream is malformed, truncated or incomplete."""
+
+
+class DecodingError(ModelError):
+    """Parallel function-call decoding could not produce a valid call (a branch failed, a value
+    was truncated or did not parse, or the assembled arguments did not validate)."""
 
 
 class ModelNotInstalled(ModelError):
