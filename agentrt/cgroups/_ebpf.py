@@ -536,6 +536,7 @@ class BpfMonitor:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self.attached: list[str] = []
+        self._suspended: list[str] = []
         self.start_seconds = 0.0
 
     @property
@@ -661,6 +662,25 @@ class BpfMonitor:
                     del self._bpf[name][self._bpf[name].Key(cgid)]
                 except (KeyError, TypeError):
                     pass
+
+    def suspend(self) -> None:
+        """Detach the tracepoints (no cost per event; nothing is counted) but keep the programs,
+        maps and watches, so `resume` is quick (no compile)."""
+        if self._bpf is None:
+            return
+        for tp in self.attached:
+            self._bpf.detach_tracepoint(tp=tp.encode())
+        self._suspended, self.attached = list(self.attached), []
+
+    def resume(self) -> None:
+        """Attach the tracepoints again after `suspend`."""
+        if self._bpf is None:
+            return
+        by_tp = {tp: fn for fn, tp in _TRACEPOINTS.items()}
+        for tp in self._suspended:
+            self._bpf.attach_tracepoint(tp=tp.encode(), fn_name=by_tp[tp].encode())
+            self.attached.append(tp)
+        self._suspended = []
 
     def close(self) -> None:
         """Stop the poll thread, detach every tracepoint, unload the programs. Idempotent."""
