@@ -28,6 +28,7 @@ __all__ = [
     "ExecutorUnavailable",
     "LimitExceeded",
     "UsageLimitExceeded",
+    "SleepBudgetExhausted",
     "RunCancelled",
     "MemoryStoreError",
     "MemoryConflict",
@@ -141,6 +142,10 @@ class UsageLimitExceeded(LimitExceeded):
     def __init__(self, message: str, *, partial: object = None) -> None:
         super().__init__(message)
         self.partial = partial
+
+
+class SleepBudgetExhausted(LimitExceeded):
+    """A sleep-time job stopped because its token budget cannot cover its next LLM call (issue 9)."""
 
 
 class RunCancelled(AgentrtError):
