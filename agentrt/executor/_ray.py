@@ -38,6 +38,7 @@ module must be importable on every worker (install the package there, or ship it
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import math
 import os
@@ -80,6 +81,33 @@ def _import_ray() -> Any:
 
 #: This worker process's sandbox sessions by backend name, or why the backend cannot run here.
 _worker_sandboxes: dict[str, Any] = {}
+#: Tools this worker process has loaded, by the sha1 of their payload (unpickling one costs
+#: ~0.4 ms here, a third of a no-op call's round trip).
+_worker_tools: dict[bytes, Tool] = {}
+#: This worker process's event loop, kept between calls (a new one per call costs ~0.3 ms).
+_worker_loop: Any = None
+
+
+def _load_tool(payload: bytes) -> Tool:
+    key = hashlib.sha1(payload).digest()
+    tool = _worker_tools.get(key)
+    if tool is None:
+        import cloudpickle
+
+        tool = cloudpickle.loads(payload)
+        if len(_worker_tools) >= 256:
+            _worker_tools.clear()
+        _worker_tools[key] = tool
+    return tool
+
+
+def _run_async(fn: Any) -> Any:
+    global _worker_loop
+    if _worker_loop is None:
+        import asyncio
+
+        _worker_loop = asyncio.Runner()
+    return _worker_loop.run(fn())
 
 
 def _worker_sandbox(name: str) -> Any:
@@ -108,13 +136,12 @@ def run_on_worker(payload: bytes, args: dict[str, Any], limits: Limits, sandbox:
     Raises:
         SandboxError: the sandbox itself failed (a runtime failure, re-raised on the driver).
     """
-    import cloudpickle
     import ray
 
     node = ray.get_runtime_context().get_node_id()
     where = {"ray_node_id": node, "ray_worker_pid": os.getpid()}
     try:
-        tool = cloudpickle.loads(payload)
+        tool = _load_tool(payload)
     except Exception as exc:  # the tool's module is missing on this node: the call's failure
         return ToolResult.failure(
             "tool_error",
@@ -155,7 +182,7 @@ def run_on_worker(payload: bytes, args: dict[str, Any], limits: Limits, sandbox:
 
         async def call() -> ToolResult:
             return await tool.call(args)
-    result = anyio.run(call)
+    result = _run_async(call)
     return result.model_copy(update={"usage": result.usage.model_copy(update=where)})
 
 
