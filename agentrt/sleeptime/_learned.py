@@ -1,0 +1,218 @@
+"""Test-time use of what sleep time learned: the learned context for a planner, and precomputed
+answers served only above a calibrated similarity threshold.
+
+Where things live in the memory store (one SQLite file, the source of truth):
+
+* block ``sleeptime/learned/<context_id>``: the learned context of one attached context (derived
+  facts, summary, predicted questions with answers), CAS-versioned;
+* block ``sleeptime/facts``: durable facts consolidated from past episodes;
+* events of session ``sleeptime/<context_id>``: kind ``context`` (the attached text),
+  ``learned`` (a job step's text), ``anticipation`` (text = a predicted question, meta.answer =
+  its precomputed answer), ``sleeptime_step`` (the marker that a job step is done);
+* events of session ``sleeptime/facts``: kind ``fact``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from agentrt.memory_store import Filters, MemoryStore
+
+__all__ = [
+    "DEFAULT_MATCH_THRESHOLD",
+    "FACTS_BLOCK",
+    "Calibration",
+    "LearnedMemory",
+    "Match",
+    "calibrate_threshold",
+    "context_session",
+    "learned_label",
+]
+
+#: Cosine similarity (all-MiniLM-L6-v2) above which a query is served from a predicted
+#: question's precomputed answer when no calibration was run. Deliberately high: on the
+#: bench's LoCoMo and GSM8K predictions (results/sleeptime.json, "calibration") rewordings of
+#: the same question scored 0.75-0.95 while different questions about the same context reached
+#: 0.8, so only near-verbatim matches are safe without calibrating on the deployment's own data.
+DEFAULT_MATCH_THRESHOLD = 0.95
+FACTS_BLOCK = "sleeptime/facts"
+
+
+def context_session(context_id: str) -> str:
+    """The memory-store session holding one context's sleep-time events."""
+    return f"sleeptime/{context_id}"
+
+
+def learned_label(context_id: str) -> str:
+    """The block holding one context's learned context."""
+    return f"sleeptime/learned/{context_id}"
+
+
+@dataclass
+class Match:
+    """A predicted question close enough to the query: serve ``answer`` without an LLM call.
+
+    Attributes:
+        question: the predicted question.
+        answer: its precomputed answer.
+        similarity: cosine similarity of query and predicted question (the store's embedder).
+        threshold: the threshold it passed.
+        context_id: the context it was predicted for.
+        event_id: the anticipation event in the store.
+    """
+
+    question: str
+    answer: str
+    similarity: float
+    threshold: float
+    context_id: str
+    event_id: int
+
+
+@dataclass
+class Calibration:
+    """How a match threshold was chosen (:func:`calibrate_threshold`).
+
+    Attributes:
+        threshold: the chosen cosine threshold (``math.inf`` when no threshold reaches the
+            target precision: never serve).
+        target_precision: the precision asked for.
+        precision: precision of serving above ``threshold`` on the calibration pairs.
+        coverage: fraction of calibration pairs served (score >= threshold).
+        pairs: number of calibration pairs; positives: how many were correct answers.
+    """
+
+    threshold: float
+    target_precision: float
+    precision: float
+    coverage: float
+    pairs: int
+    positives: int
+
+    def as_dict(self) -> dict:
+        return {"threshold": None if math.isinf(self.threshold) else round(self.threshold, 4),
+                "target_precision": self.target_precision, "precision": round(self.precision, 4),
+                "coverage": round(self.coverage, 4), "pairs": self.pairs, "positives": self.positives}
+
+
+def calibrate_threshold(scores: Sequence[float], correct: Sequence[bool], *, target_precision: float = 0.9,
+                        min_served: int = 2) -> Calibration:
+    """The lowest similarity threshold whose served answers are correct at ``target_precision``.
+
+    Args:
+        scores: for each calibration query, the similarity of its best predicted question.
+        correct: whether that predicted question's precomputed answer is a correct answer to
+            the query (judged by the caller: exact numeric match, token F1, a person...).
+        target_precision: required precision of served answers (among queries at or above the
+            threshold).
+        min_served: a threshold must serve at least this many calibration queries (a precision
+            measured on one query says nothing).
+
+    Returns:
+        A :class:`Calibration`; ``threshold = inf`` (never serve) when no threshold qualifies.
+
+    This is selective prediction with a confidence threshold (serve when confident, else
+    compute): the threshold is chosen on held-out queries, then applied to new ones; the
+    benchmark calibrates on one half of its queries and measures on the other.
+    """
+    if len(scores) != len(correct):
+        raise ValueError("scores and correct must have the same length")
+    pairs = sorted(zip(scores, correct), key=lambda p: -p[0])
+    n = len(pairs)
+    best = Calibration(math.inf, target_precision, 1.0, 0.0, n, sum(bool(c) for _, c in pairs))
+    hits = 0
+    for i, (s, c) in enumerate(pairs, 1):
+        hits += bool(c)
+        # only cut between distinct scores: ties are all served or none is
+        if i < n and pairs[i][0] == s:
+            continue
+        prec = hits / i
+        if i >= min_served and prec >= target_precision:
+            best = Calibration(float(s), target_precision, prec, i / n, n, best.positives)
+    return best
+
+
+class LearnedMemory:
+    """Reads what sleep time wrote, for a run: ``learned_context(question)`` and ``match(question)``.
+
+    Args:
+        store: the memory store sleep-time jobs write to (with an embedder, for ``match``).
+        threshold: cosine threshold for serving a precomputed answer (default
+            :data:`DEFAULT_MATCH_THRESHOLD`; set it from :func:`calibrate_threshold`).
+        max_chars: at most this many characters of learned context per call.
+
+    Read-only and thread-safe (the store's readers are per thread).
+    """
+
+    def __init__(self, store: MemoryStore, *, threshold: float = DEFAULT_MATCH_THRESHOLD,
+                 max_chars: int = 3000) -> None:
+        self.store = store
+        self.threshold = threshold
+        self.max_chars = max_chars
+
+    def contexts(self) -> list[str]:
+        """Ids of the contexts that have a learned block, in label order."""
+        prefix = learned_label("")
+        return [b.label[len(prefix):] for b in self.store.blocks.list() if b.label.startswith(prefix)]
+
+    def learned_context(self, question: str | None = None, *, context_id: str | None = None) -> str:
+        """Text for the planner (``LLMCompiler.run(question, context=...)``); ``""`` when nothing is learned.
+
+        With ``context_id``: that context's learned block. Without it: the learned block of the
+        context whose predictions and learned notes are closest to ``question`` (hybrid search),
+        or of the only context. Durable consolidated facts (block ``sleeptime/facts``) follow.
+        At most ``max_chars`` characters.
+        """
+        parts = []
+        cid = context_id
+        if cid is None:
+            cids = self.contexts()
+            if len(cids) == 1:
+                cid = cids[0]
+            elif cids and question:
+                res = self.store.search(question, k=1, filters=Filters(
+                    session=[context_session(c) for c in cids], kind=["anticipation", "learned"]))
+                if res.hits:
+                    cid = res.hits[0].event.session[len(context_session("")):]
+        if cid is not None:
+            value = self.store.blocks.get(learned_label(cid)).value
+            if value:
+                parts.append(value)
+        facts = self.store.blocks.get(FACTS_BLOCK).value
+        if facts:
+            parts.append("Facts from past conversations:\n" + facts)
+        text = "\n\n".join(parts)
+        return text if len(text) <= self.max_chars else text[: self.max_chars - 3] + "..."
+
+    def best(self, question: str, *, context_id: str | None = None) -> Match | None:
+        """The predicted question most similar to ``question`` whatever its score (None if none)."""
+        sessions: str | list[str]
+        if context_id is not None:
+            sessions = context_session(context_id)
+        else:
+            cids = self.contexts()
+            if not cids:
+                return None
+            sessions = [context_session(c) for c in cids]
+        res = self.store.search(question, k=1, filters=Filters(session=sessions, kind="anticipation"),
+                                mode="vector", use_cache=False)
+        if not res.hits:
+            return None
+        hit = res.hits[0]
+        meta = hit.event.meta or {}
+        sim = float(hit.dense if hit.dense is not None else hit.score)
+        return Match(hit.event.text, str(meta.get("answer", "")), sim, self.threshold,
+                     hit.event.session[len(context_session("")):], hit.event.id)
+
+    def match(self, question: str, *, context_id: str | None = None,
+              threshold: float | None = None) -> Match | None:
+        """The precomputed answer for ``question`` if a predicted question is at least
+        ``threshold`` (default ``self.threshold``) similar; else None (compute the answer)."""
+        m = self.best(question, context_id=context_id)
+        tau = self.threshold if threshold is None else threshold
+        if m is None or m.similarity < tau or not m.answer:
+            return None
+        m.threshold = tau
+        return m
