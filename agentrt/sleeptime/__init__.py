@@ -27,7 +27,12 @@ How an Agent uses it (one run)::
     store.append_episode(...)                                  # consolidate picks it up later
 """
 
-from agentrt.sleeptime._budget import ContextStats, JobBudget, allocate_tokens, predictability
+from agentrt.sleeptime._budget import (
+    ContextStats,
+    JobBudget,
+    allocate_tokens,
+    predictability,
+)
 from agentrt.sleeptime._jobs import (
     RUNS_SECTION,
     Anticipate,

@@ -310,7 +310,7 @@ def _parse_qa(text: str) -> list[tuple[str, str]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        m = re.search(r"\{.*\}", text, re.S)
+        m = re.search(r"\{.*\}", text, re.DOTALL)
         try:
             data = json.loads(m.group(0)) if m else {}
         except json.JSONDecodeError:

@@ -27,12 +27,18 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Self
 
 import anyio
 
 from agentrt.llm import ChatModel
 from agentrt.memory_store import MemoryStore
-from agentrt.sleeptime._budget import ContextStats, JobBudget, allocate_tokens, predictability
+from agentrt.sleeptime._budget import (
+    ContextStats,
+    JobBudget,
+    allocate_tokens,
+    predictability,
+)
 from agentrt.sleeptime._jobs import (
     Anticipate,
     BudgetExhausted,
@@ -126,7 +132,7 @@ class SleepTimeScheduler:
         self._closing = False
 
     # ---- lifecycle -------------------------------------------------------------------------------
-    async def __aenter__(self) -> SleepTimeScheduler:
+    async def __aenter__(self) -> Self:
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         self._tg.start_soon(self._worker)

@@ -6,6 +6,7 @@ import time
 
 import anyio
 import pytest
+from _sleeptime_fake import FakeModel
 
 from agentrt.errors import MemoryConflict
 from agentrt.memory_store import Event, HashingEmbedder, MemoryStore
@@ -22,8 +23,6 @@ from agentrt.sleeptime import (
     learned_label,
 )
 from agentrt.tracing import Tracer
-
-from _sleeptime_fake import FakeModel
 
 pytestmark = pytest.mark.anyio
 
