@@ -191,3 +191,17 @@ def test_cli_budget_stops_a_command_and_names_the_counter(backend):
     ok = subprocess.run([AGENTRT, "sandbox", "run", "--budget", "execs=3:100", "--", "/bin/sh", "-c", script],
                         check=False, capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0 and "ebpf: " in ok.stderr
+
+
+async def test_every_task_of_a_run_carries_its_own_counters(backend):
+    from agentrt.executor import SandboxedBackend, Scheduler, Task
+    from agentrt.tools import ToolRegistry
+    from agentrt.tools.builtin import shell
+
+    tasks = [Task(id=i, tool="shell", args={"command": f"for i in $(seq {n}); do /bin/true; done"})
+             for i, n in enumerate([0, 4, 9], start=1)]
+    async with SandboxedBackend(backend, session="run") as be:
+        results = await Scheduler(ToolRegistry([shell]), backend=be).run(tasks)
+    execs = {i: ebpf(r)["ebpf_execs"] for i, r in results.items()}
+    assert all(r.ok for r in results.values())
+    assert (execs[2] - execs[1], execs[3] - execs[1]) == (4, 9)
