@@ -142,6 +142,8 @@ def run_cmd(
     budget: list[str] = typer.Option([], "--budget", help="COUNTER=LIMIT[:MAX] (execs, opens, connects, "
                                      "page_faults): the kernel stops CMD past LIMIT; raised up to MAX, else "
                                      "killed (limit_exceeded, exit 137). Namespace backend with eBPF; repeatable."),
+    ebpf: bool = typer.Option(True, "--ebpf/--no-ebpf", help="Per-call eBPF counters where BCC works (namespace "
+                              "backend; loading the monitor takes ~0.3-1 s)."),
 ) -> None:
     """Run CMD in a sandbox; print its output, exit status and usage; exit with its status.
 
@@ -162,7 +164,8 @@ def run_cmd(
         raise typer.BadParameter("budgets need the namespace backend", param_hint="--budget")
     try:
         be = get_backend(backend, **({"image": image} if image and backend == "docker" else {}),
-                         **({"ebpf_budgets": budgets} if budgets else {}))
+                         **({"ebpf_budgets": budgets} if budgets else {}),
+                         **({"ebpf": False} if not ebpf and backend == "namespace" else {}))
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--backend") from None
     except SandboxError as exc:
