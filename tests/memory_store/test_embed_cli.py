@@ -122,6 +122,7 @@ def test_open_store_uses_the_configured_path_durability_and_embedder(tmp_path, m
     from agentrt.memory_store import default_store_path, open_store
 
     monkeypatch.setenv("AGENTRT_HOME", str(tmp_path))
+    monkeypatch.delenv("AGENTRT_MEMORY__PATH", raising=False)  # conftest points runs elsewhere
     monkeypatch.setenv("AGENTRT_MEMORY__EMBEDDER", "hashing")
     monkeypatch.setenv("AGENTRT_MEMORY__DURABILITY", "power")
     settings = get_settings()
