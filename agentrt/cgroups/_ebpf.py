@@ -378,6 +378,13 @@ class Breach:
     new_limit: int | None = None
 
 
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
 class _Call(Protocol):  # what a watch needs of an agentrt.cgroups.CallGroup
     @property
     def cgroup_id(self) -> int | None: ...
@@ -423,19 +430,14 @@ class CallWatch:
         self.breaches: list[Breach] = []
         self.exceeded: str | None = None
         self.limits = {c: b.limit for c, b in budgets.items()}
-        self._base = EbpfCounts()
         self._final: EbpfCounts | None = None
         self._lock = threading.Lock()
 
     def counts(self) -> EbpfCounts:
-        """The counts now (since the watch began or the last `restart`)."""
+        """The counts now (since the watch began)."""
         if self._final is not None:
             return self._final
-        return self.monitor._read(self.cgroup_id).minus(self._base)
-
-    def restart(self) -> None:
-        """Count from now on (a prewarmed call: what its sandbox did before the call is not its own)."""
-        self._base = self.monitor._read(self.cgroup_id)
+        return self.monitor._read(self.cgroup_id)
 
     def close(self) -> EbpfCounts:
         """Stop watching; return the final counts. Idempotent."""
@@ -460,7 +462,7 @@ class CallWatch:
                 br.action, br.new_limit = "raised", new
                 self.limits[br.counter] = new
                 self.monitor._set_budgets(self.cgroup_id, self.limits)
-                self._resume()
+                self._resume(br)
             else:
                 br.action = "killed"
                 self.exceeded = (f"{br.counter} budget exceeded: the kernel stopped the call at "
@@ -469,6 +471,8 @@ class CallWatch:
                                  f"Retry with a larger {br.counter} budget or do less in one call")
                 if self.call is not None:
                     self.call.kill()
+                else:  # a bare cgroup id: only the stopped task is known
+                    _signal(br.pid, signal.SIGKILL)
             self.breaches.append(br)
 
     def _freeze(self, br: Breach) -> None:
@@ -490,15 +494,10 @@ class CallWatch:
                 return
             time.sleep(0.0002)
 
-    def _resume(self) -> None:
-        if self.call is None:
-            return
-        for pid in self.call.pids():
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
-        v2 = self.call.v2_dir
+    def _resume(self, br: Breach) -> None:
+        for pid in self.call.pids() if self.call is not None else [br.pid]:
+            _signal(pid, signal.SIGCONT)
+        v2 = self.call.v2_dir if self.call is not None else None
         if v2 is not None:
             try:
                 (v2 / "cgroup.freeze").write_text("0")
@@ -609,7 +608,8 @@ class BpfMonitor:
         """Start counting a call (a `CallGroup`, or a bare v2 cgroup id) from zero.
 
         Args:
-            call: the call's group (needed to freeze, resume and kill on a breach) or its id.
+            call: the call's group (frozen, resumed and killed as a whole on a breach), or its
+                bare id (then only the task the kernel stopped is resumed or killed).
             budgets: counter (one of `BUDGET_COUNTERS`) -> `Budget`.
             policy: decides each breach (see `default_policy`).
 

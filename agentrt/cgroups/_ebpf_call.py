@@ -21,12 +21,23 @@ call's ``ToolUsage``:
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from agentrt.cgroups._ebpf import BpfMonitor, Budget, CallWatch, shared_monitor
+from agentrt.cgroups._driver import CgroupDriver
+from agentrt.cgroups._ebpf import (
+    BpfMonitor,
+    Budget,
+    CallWatch,
+    ebpf_status,
+    shared_monitor,
+)
 from agentrt.cgroups._ebpf_net import NetAttachment, NetPolicy, shared_net_policy
-from agentrt.errors import SandboxError
+from agentrt.cgroups._shim import shim_argv
+from agentrt.errors import SandboxError, SandboxUnavailable
 
 __all__ = ["EbpfCall", "EbpfDenied", "ebpf_parts", "ebpf_probe"]
 
@@ -52,8 +63,6 @@ def ebpf_parts(monitor: bool | None, *, net: bool = False) -> tuple[BpfMonitor |
     """
     mon, why = (None, "eBPF accounting turned off") if monitor is False else shared_monitor()
     if monitor is True and mon is None:
-        from agentrt.errors import SandboxUnavailable
-
         raise SandboxUnavailable(why or "eBPF monitor unavailable")
     pol: NetPolicy | None = None
     if net:
@@ -149,14 +158,6 @@ def ebpf_probe() -> tuple[bool, str]:
     (the monitor must count exactly 1 exec) and a connect to 127.0.0.1:9 under a deny-all policy
     (it must fail with EPERM). Never raises; ~0.5-1 s the first time (compiling the programs).
     """
-    import subprocess  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-    import time  # noqa: PLC0415
-
-    from agentrt.cgroups._driver import CgroupDriver  # noqa: PLC0415
-    from agentrt.cgroups._ebpf import ebpf_status  # noqa: PLC0415
-    from agentrt.cgroups._shim import shim_argv  # noqa: PLC0415
-
     st = ebpf_status()
     if not st.available:
         return False, f"{st.detail}; fix: {st.missing}"

@@ -62,9 +62,9 @@ def session():
 
 def loop(n_opens: int, n_execs: int) -> list[str]:
     """A dash script: ``n_opens`` opens (``: </dev/null``), then ``n_execs`` execs of /bin/true."""
-    return ["/bin/sh", "-c",
-            f"i=0; while [ $i -lt {n_opens} ]; do : </dev/null; i=$((i+1)); done; "
-            f"i=0; while [ $i -lt {n_execs} ]; do /bin/true; i=$((i+1)); done"]
+    script = (f"i=0; while [ $i -lt {n_opens} ]; do : </dev/null; i=$((i+1)); done; "
+              f"i=0; while [ $i -lt {n_execs} ]; do /bin/true; i=$((i+1)); done")
+    return ["/bin/sh", "-c", script]
 
 
 def run_counted(monitor, session, argv: list[str], limits: CallLimits | None = None) -> tuple[int, EbpfCounts]:
