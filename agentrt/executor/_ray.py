@@ -61,6 +61,8 @@ log = logging.getLogger(__name__)
 
 #: Object store of a local Ray started by agentrt, in bytes: tool values are small JSON.
 LOCAL_OBJECT_STORE_BYTES = 100 * 2**20
+#: Seconds to wait for a TCP connection to a cluster's address before giving up on it.
+CONNECT_TIMEOUT_SECONDS = 5.0
 #: Seconds a snapshot of the cluster's nodes is trusted for the feasibility check.
 NODES_TTL_SECONDS = 5.0
 #: Resource names that are not requests a task can make (Ray's own bookkeeping).
@@ -324,6 +326,8 @@ class RayBackend:
     def _start(self) -> None:
         ray = _import_ray()
         if not ray.is_initialized():
+            if self.address not in (None, "auto", "local"):
+                _check_reachable(self.address)
             owner = _Owner(self._init_kwargs_call(ray))
             try:
                 owner.start()
@@ -345,7 +349,8 @@ class RayBackend:
             env_vars = dict(env.get("env_vars") or {})
             env_vars.setdefault("PYTHONPATH", os.pathsep.join(p for p in sys.path if p and os.path.isdir(p)))
             env["env_vars"] = env_vars
-            kwargs.update(num_cpus=self.num_cpus, object_store_memory=self.object_store_memory,
+            # "local": a new cluster even where RAY_ADDRESS or a `ray start` cluster exists
+            kwargs.update(address="local", num_cpus=self.num_cpus, object_store_memory=self.object_store_memory,
                           include_dashboard=False)
         else:
             kwargs["address"] = self.address
@@ -513,6 +518,28 @@ async def _wait(ref: Any) -> Any:
     import ray
 
     return await anyio.to_thread.run_sync(ray.get, ref, abandon_on_cancel=True)
+
+
+def _check_reachable(address: str, timeout: float = CONNECT_TIMEOUT_SECONDS) -> None:
+    """Fail fast when nothing listens at a cluster's ``host:port`` (``ray.init`` would retry for
+    minutes).
+
+    Raises:
+        ExecutorUnavailable: the address has no port, or a TCP connection to it fails.
+    """
+    import socket
+
+    hostport = address.removeprefix("ray://").rstrip("/")
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ExecutorUnavailable(f"Ray address {address!r} must be 'auto', 'host:port' or 'ray://host:port'")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorUnavailable(
+            f"cannot reach the Ray cluster at {address!r}: {exc}; is its head node running "
+            "(ray start --head) and the port open from here?") from None
 
 
 def _importable(module: str) -> bool:

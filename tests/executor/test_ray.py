@@ -376,6 +376,25 @@ def test_agentrt_run_on_an_existing_ray_cluster_answers_as_the_local_executor(
     assert ray.is_initialized(), "the CLI shut down a cluster it only connected to"
 
 
+def test_agentrt_run_names_an_unreachable_cluster_at_once(scripted_endpoint: str, tmp_path: Path) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(sys.executable).with_name("agentrt")
+    agentrt = [str(script)] if script.exists() else [sys.executable, "-c", "from agentrt.cli import main; main()"]
+    t0 = time.monotonic()
+    proc = subprocess.run([*agentrt, "run", "--json", "--base-url", scripted_endpoint, "--model", "scripted",
+                           "--tools", "calculator", "--executor", "ray", "--address", f"127.0.0.1:{port}", "q"],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, (proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "ExecutorUnavailable" in proc.stdout and f"127.0.0.1:{port}" in proc.stdout, proc.stdout[-2000:]
+    assert time.monotonic() - t0 < 60, "an unreachable cluster must fail fast, not retry for minutes"
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
