@@ -25,6 +25,10 @@ Cancelling `submit` (the run is cancelled, a usage limit stops it) cancels the R
 ``ray.cancel(force=True)``, which kills its worker process, and with it the call's sandbox
 (bubblewrap runs with ``--die-with-parent``).
 
+An in-process sync tool that outlives its timeout on a worker keeps running in that worker's
+thread, its result discarded (as with `LocalBackend`); a tool that must be killed at its timeout
+should declare ``runs_in="sandbox"``.
+
 Waiting never blocks the event loop: the ObjectRef is awaited as an asyncio future (or, under
 trio, ``ray.get`` runs in a worker thread). Starting a local Ray takes ~4-6 s here; it runs in a
 thread that lives as long as the cluster, because Ray's processes die with the thread that
