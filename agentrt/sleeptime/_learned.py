@@ -163,7 +163,9 @@ class LearnedMemory:
         With ``context_id``: that context's learned block. Without it: the learned block of the
         context whose predictions and learned notes are closest to ``question`` (hybrid search),
         or of the only context. Durable consolidated facts (block ``sleeptime/facts``) follow.
-        At most ``max_chars`` characters.
+        At most ``max_chars`` characters: when the learned text is longer and a question is
+        given, its lines most similar to the question (cosine, the store's embedder) are kept, in
+        their original order, so the planner's prompt stays small however much was learned.
         """
         parts = []
         cid = context_id
@@ -184,7 +186,32 @@ class LearnedMemory:
         if facts:
             parts.append("Facts from past conversations:\n" + facts)
         text = "\n\n".join(parts)
-        return text if len(text) <= self.max_chars else text[: self.max_chars - 3] + "..."
+        if len(text) <= self.max_chars:
+            return text
+        if question and self.store.embedder is not None:
+            return self._select(text, question)
+        return text[: self.max_chars - 3] + "..."
+
+    def _select(self, text: str, question: str) -> str:
+        """The lines of ``text`` most similar to ``question`` (a predicted ``Q:``/``A:`` pair is
+        one unit) that fit in ``max_chars``, in their original order."""
+        units: list[str] = []
+        for line in text.splitlines():
+            if not line.strip():
+                continue
+            if line.startswith("A: ") and units and units[-1].startswith("Q: ") and "\nA: " not in units[-1]:
+                units[-1] += "\n" + line
+            else:
+                units.append(line)
+        vecs = self.store.embedder.embed([question, *units])
+        order = sorted(range(len(units)), key=lambda i: -float(vecs[0] @ vecs[i + 1]))
+        keep, size = set(), 0
+        for i in order:
+            if size + len(units[i]) + 1 > self.max_chars:
+                continue
+            keep.add(i)
+            size += len(units[i]) + 1
+        return "\n".join(units[i] for i in sorted(keep))
 
     def best(self, question: str, *, context_id: str | None = None) -> Match | None:
         """The predicted question most similar to ``question`` whatever its score (None if none)."""

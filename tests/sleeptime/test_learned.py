@@ -101,3 +101,13 @@ def test_allocation_follows_expected_queries_and_predictability():
     assert shares["a"] > 8 * shares["b"] and shares["c"] == 10
     assert predictability(ContextStats()) == 0.5
     assert predictability(ContextStats(queries=8, hits=8)) == 0.9
+
+
+@pytest.mark.anyio
+async def test_long_learned_context_keeps_the_lines_closest_to_the_question(learned_store):
+    add_note(learned_store, "farm", "\n".join(f"Unrelated remark number {i} about the weather." for i in range(40)))
+    mem = LearnedMemory(learned_store, max_chars=200)
+    text = mem.learned_context("How many trees does Janet have?", context_id="farm")
+    assert len(text) <= 200
+    assert "Q: How many trees does Janet have?\nA: 3" in text          # the predicted pair, kept whole
+    assert text.count("Unrelated remark") < 3
