@@ -117,6 +117,10 @@ class Agent:
             `ExecutorBackend` (e.g. Ray's).
         sandbox_all: also run in-process tools in the sandbox (each call in a worker process
             under its tool's limits; slower, and the tool must be importable there).
+        executor: ``"local"`` (default: this process, with ``sandbox``), or ``"ray"``: each tool
+            call a Ray task sized by its `Limits` (a local Ray started and stopped by the agent,
+            or the cluster at ``ray_address``), sandboxed on the worker as ``sandbox`` says.
+        ray_address: ``None`` (a local Ray), ``"auto"``, ``"host:port"`` or ``"ray://host:10001"``.
         memory: the episodic memory: True (default) opens the configured store
             (``<data dir>/memory/memory.db``; without a usable embedder a warning says why and
             runs go unremembered), False for none, or a `MemoryStore`. Every run's episode
@@ -144,6 +148,8 @@ class Agent:
         tracing: bool | Tracer = True,
         sandbox: str | ExecutorBackend = "auto",
         sandbox_all: bool = False,
+        executor: str = "local",
+        ray_address: str | None = None,
         memory: Any = True,
         memory_session: str = "default",
         memory_threshold: float = 0.8,
@@ -156,6 +162,17 @@ class Agent:
         self.usage_limits = usage_limits or UsageLimits()
         self.on_event = on_event
         self._tracing = tracing
+        if executor not in ("local", "ray"):
+            raise ValueError(f"executor must be 'local' or 'ray', not {executor!r}")
+        if executor == "ray":
+            if not isinstance(sandbox, str):
+                raise ValueError("executor='ray' takes a sandbox name for its workers, not a backend")
+            from agentrt.executor import ray_backend
+
+            sandbox = ray_backend(ray_address, sandbox="namespace" if sandbox == "auto" else sandbox,
+                                  sandbox_all=sandbox_all)
+        elif ray_address is not None:
+            raise ValueError("ray_address needs executor='ray'")
         self._sandbox_spec, self._sandbox_all = sandbox, sandbox_all
         self._backend: ExecutorBackend | None = None  # held open between runs by `async with`
         self._backend_stack: AsyncExitStack | None = None

@@ -298,6 +298,21 @@ async def test_an_agent_answers_the_same_on_ray_as_locally(backend: RayBackend) 
     assert backend.started, "the agent must not stop a backend it was handed while others use it"
 
 
+async def test_agent_executor_ray_connects_to_a_cluster_by_address(backend: RayBackend) -> None:
+    import ray
+
+    plan = ['1. add(a=2, b=3)\n2. mul(a=4, b=5)\n3. join()']
+    answer = {"thought": "ok", "action": "answer", "answer": "5 and 20"}
+    address = ray.get_runtime_context().gcs_address
+    agent = Agent(ScriptedModel([plan], [answer]), [add, mul], executor="ray", ray_address=address,
+                  sandbox="none", tracing=False, memory=False)
+    res = await agent.run("q")
+    assert res.results[1].value == 5 and res.results[2].value == 20
+    assert res.results[1].usage.ray_worker_pid != os.getpid()
+    with pytest.raises(ValueError, match="ray_address needs executor='ray'"):
+        Agent(ScriptedModel([], []), [add], ray_address=address)
+
+
 async def test_sandbox_none_refuses_sandbox_tools_and_sandbox_all_confines_the_rest(backend: RayBackend) -> None:
     bare = RayBackend(sandbox="none")  # started by its first call, on the running Ray
     r = await bare.submit(Task(id=1, tool="sandboxed_pid"), sandboxed_pid, {}, sandboxed_pid.limits)
