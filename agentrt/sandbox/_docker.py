@@ -15,6 +15,12 @@ so the command itself (and everything it forks) is charged to the call from its 
 the timeout the call's group is killed (v2 ``cgroup.kill`` / SIGKILL), children included; the
 container survives its calls' OOM kills.
 
+A session used as ``async with backend.start() as sandbox:`` keeps ``prewarm`` execs started
+ahead: each already created and started by the engine (~0.1 s with podman), its shell moved into
+a fresh call group and waiting on its FIFO for a command line; a call writes its limits into that
+group and sends its command line, so it skips the engine's exec start. A new one is prewarmed
+after each call. Without ``async with`` every call's exec is started when the call comes.
+
 A call whose mounts differ from the session's (``read_only_paths``, ``writable_paths``, a
 ``disk`` size) runs in a container of its own (the fallback, ~0.2-0.4 s more), gated the same
 way. Network allow-lists are refused (``denied``), as in the namespace backend.
@@ -39,11 +45,13 @@ import json
 import logging
 import os
 import re
+import shlex
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +83,8 @@ GATE = "/agentrt-gate"
 #: ``$0`` is the FIFO; ``$1`` the stdin file or ``-``; the rest the command.
 _GATE_SCRIPT = ('read _ < "$0" || exit 125; mkdir -p /tmp/work && cd /tmp/work || exit 125; '
                 'in=$1; shift; if [ "$in" = - ]; then exec "$@" </dev/null; else exec "$@" <"$in"; fi')
+#: A prewarmed exec: wait for one command line on the FIFO ``$0``, then run it (it ``exec``\ s).
+_WAITER = 'IFS= read -r line < "$0" || exit 125; eval "$line"'
 #: Seconds to wait for a gated process to appear in the container's cgroup.
 _FIND_TIMEOUT = 15.0
 _LABEL_RUNTIME = "agentrt.runtime"
@@ -209,8 +219,8 @@ def _find_gated(group: _ContainerGroup, marker: str, deadline: float) -> int | N
     return None
 
 
-def _release(fifo: Path, deadline: float) -> None:
-    """Write a line into the gate FIFO once its reader has opened it."""
+def _release(fifo: Path, deadline: float, line: bytes) -> None:
+    """Write ``line`` into the gate FIFO once its reader has opened it."""
     delay = 0.0005
     while True:
         try:
@@ -222,10 +232,21 @@ def _release(fifo: Path, deadline: float) -> None:
             delay = min(delay * 2, 0.01)
             continue
         try:
-            os.write(fd, b"go\n")
+            os.write(fd, line)
         finally:
             os.close(fd)
         return
+
+
+@dataclass
+class _Pending:
+    """An exec started behind its gate and placed in its call group: ``done`` when the exec ends."""
+
+    call: CallGroup
+    seq: int
+    fifo: Path
+    box: dict[str, Any]
+    done: anyio.Event
 
 
 class DockerSandbox:
@@ -245,6 +266,9 @@ class DockerSandbox:
         self._closed = False
         self._seq = itertools.count(1)
         self.per_call_containers = 0
+        self.warm_hits = 0
+        self._warm: list[_Pending] = []
+        self._tg: Any = None
         # named by the runtime, so a later backend can remove it if this process is killed
         self.gate_dir = Path(tempfile.mkdtemp(prefix=f"agentrt-gate-{backend.runtime}-"))
         self._containers: list[Any] = []
@@ -299,7 +323,10 @@ class DockerSandbox:
             self.per_call_containers += 1
             o = await self._run_per_call(seq, argv, limits, feed, cap)
         else:
-            o = await self._run_exec(seq, argv, limits, feed, cap)
+            warm = self._take_warm(limits, argv)
+            o = await self._run_warm(warm, argv, limits, feed, cap) if warm is not None else None
+            if o is None:
+                o = await self._run_exec(seq, argv, limits, feed, cap)
         return outcome_result(o, limits) if is_argv else answer_result(o, limits, name)
 
     def _gate_files(self, seq: int, feed: bytes | None) -> tuple[Path, str, str]:
@@ -316,91 +343,165 @@ class DockerSandbox:
             with contextlib.suppress(FileNotFoundError):
                 (self.gate_dir / f"call-{seq}{suffix}").unlink()
 
-    async def _run_exec(self, seq: int, argv: Sequence[str], limits: Limits, feed: bytes | None,
-                        cap: int, container: Any = None, group: Any = None) -> Outcome:
-        """One gated exec in ``container`` (the session's), inside a new call group of ``group``."""
+    async def _launch(self, seq: int, cmd: list[str], call: CallGroup, group: Any, container: Any,
+                      tg: Any) -> _Pending:
+        """Start ``cmd`` (a gated shell) as an exec, find it, move it into ``call``; not released yet.
+
+        The exec's create + start requests run in one thread of ``tg`` (start returns when the
+        exec ends); the gated shell is found in the container's ``cgroup.procs`` meanwhile.
+        """
         api = self.backend.client.api
-        container = container or self.container
-        group = group or self.session
-        t0 = time.perf_counter()
-        fifo, fifo_in, stdin_arg = self._gate_files(seq, feed)
-        call = group.call(_call_limits(limits))
-        try:
-            box: dict[str, Any] = {}
-            done = anyio.Event()
-            cmd = ["/bin/sh", "-c", _GATE_SCRIPT, fifo_in, stdin_arg, *argv]
+        p = _Pending(call=call, seq=seq, fifo=self.gate_dir / f"call-{seq}.fifo", box={}, done=anyio.Event())
+        marker = f"{GATE}/call-{seq}.fifo"
 
-            def create_and_start() -> None:
-                # one thread for both requests: the gated shell is found (below) meanwhile
-                box["id"] = api.exec_create(container.id, cmd, stdout=True, stderr=True,
-                                            environment=dict(CLEAN_ENV), workdir="/tmp")["Id"]
-                box["out"] = api.exec_start(box["id"], demux=True)  # returns when the exec ends
+        def create_and_start() -> None:
+            p.box["id"] = api.exec_create(container.id, cmd, stdout=True, stderr=True,
+                                          environment=CLEAN_ENV.copy(), workdir="/tmp")["Id"]
+            p.box["out"] = api.exec_start(p.box["id"], demux=True)  # returns when the exec ends
 
-            async def run() -> None:
-                try:
-                    await anyio.to_thread.run_sync(create_and_start)
-                except self.backend.errors as exc:  # the engine failed: raised after the call's cleanup
-                    box["error"] = exc
-                finally:
-                    done.set()
+        async def run() -> None:
+            try:
+                await anyio.to_thread.run_sync(create_and_start, abandon_on_cancel=True)
+            except self.backend.errors as exc:  # the engine failed: raised after the call's cleanup
+                p.box["error"] = exc
+            finally:
+                p.done.set()
 
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(run)
-                o = await self._gate_and_wait(call, fifo, fifo_in, limits, done, t0, group)
-            if "error" in box:
-                raise SandboxError(f"docker exec failed: {box['error']}")
-            out, err = box.get("out") or (None, None)
-            info = await anyio.to_thread.run_sync(api.exec_inspect, box["id"])
-            rc = info.get("ExitCode")
-            o.returncode = int(rc) if rc is not None else -9
-            o.stdout = (out or b"")[:cap].decode(errors="replace")
-            o.stderr = (err or b"")[:cap].decode(errors="replace")
-            return o
-        finally:
-            with anyio.CancelScope(shield=True):
-                if not call._closed:
-                    if call.populated():  # a drain may take a while
-                        await anyio.to_thread.run_sync(call.close)
-                    else:
-                        call.close()  # empty groups: a few rmdirs, cheaper than a thread hop
-                self._cleanup_gate(seq)
-
-    async def _gate_and_wait(self, call: CallGroup, fifo: Path, marker: str, limits: Limits,
-                             done: anyio.Event, t0: float, group: Any = None) -> Outcome:
-        """Move the gated process into ``call``, release it, wait for the end under the timeout."""
-        group = group or self.session
+        tg.start_soon(run)
         deadline = time.monotonic() + _FIND_TIMEOUT
         pid = await anyio.to_thread.run_sync(_find_gated, group, marker, deadline)
         if pid is None:
+            call.kill()
             raise SandboxError(f"the gated process did not appear in the container's cgroup within "
-                               f"{_FIND_TIMEOUT:g} s (engine: {self.backend.base_url})")
+                               f"{_FIND_TIMEOUT:g} s (engine: {self.backend.base_url}): "
+                               f"{p.box.get('error', 'no error from the engine')}")
         for f in call.procs_files:  # cgroupfs: a write that never blocks
             fd = os.open(f, os.O_WRONLY)
             try:
                 os.write(fd, str(pid).encode())
             finally:
                 os.close(fd)
-        await anyio.to_thread.run_sync(_release, fifo, deadline)
+        return p
+
+    async def _finish(self, p: _Pending, limits: Limits, t0: float, cap: int) -> Outcome:
+        """Wait for a released exec under ``limits.timeout`` (killing its group past it); read usage."""
+        call = p.call
         timed_out = False
         try:
             with anyio.move_on_after(limits.timeout) as scope:
-                await done.wait()
+                await p.done.wait()
             timed_out = scope.cancelled_caught
         finally:
-            if not done.is_set():  # timed out or cancelled: kill the call, the exec then ends
+            if not p.done.is_set():  # timed out or cancelled: kill the call, the exec then ends
                 call.kill()
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await done.wait()
+                    await p.done.wait()
         wall = time.perf_counter() - t0
         cu = call.usage()
+        if "error" in p.box:
+            raise SandboxError(f"docker exec failed: {p.box['error']}")
+        info = await anyio.to_thread.run_sync(self.backend.client.api.exec_inspect, p.box["id"])
+        rc = info.get("ExitCode")
+        out, err = p.box.get("out") or (None, None)
         usage: dict[str, Any] = {
             "cpu_seconds": cu.cpu_seconds, "memory_peak_bytes": cu.memory_peak_bytes,
             "throttled_seconds": cu.throttled_seconds, "throttled_periods": cu.throttled_periods,
             "nr_periods": cu.nr_periods, "oom_kills": cu.oom_kills, "pids_peak": cu.pids_peak,
             "pids_max_hits": cu.pids_max_hits, "backend": "docker",
         }
-        return Outcome(returncode=-9, stdout="", stderr="", wall_seconds=wall, timed_out=timed_out,
-                       oom_kills=cu.oom_kills, usage=usage)
+        return Outcome(returncode=int(rc) if rc is not None else -9,
+                       stdout=(out or b"")[:cap].decode(errors="replace"),
+                       stderr=(err or b"")[:cap].decode(errors="replace"),
+                       wall_seconds=wall, timed_out=timed_out, oom_kills=cu.oom_kills, usage=usage)
+
+    async def _close_call(self, call: CallGroup, seq: int) -> None:
+        with anyio.CancelScope(shield=True):
+            if not call._closed:
+                if call.populated():  # a drain may take a while
+                    await anyio.to_thread.run_sync(call.close)
+                else:
+                    call.close()  # empty groups: a few rmdirs, cheaper than a thread hop
+            self._cleanup_gate(seq)
+
+    async def _run_exec(self, seq: int, argv: Sequence[str], limits: Limits, feed: bytes | None,
+                        cap: int, container: Any = None, group: Any = None) -> Outcome:
+        """One gated exec in ``container`` (the session's), inside a new call group of ``group``."""
+        container = container or self.container
+        group = group or self.session
+        t0 = time.perf_counter()
+        fifo, fifo_in, stdin_arg = self._gate_files(seq, feed)
+        call = group.call(_call_limits(limits))
+        try:
+            async with anyio.create_task_group() as tg:
+                p = await self._launch(seq, ["/bin/sh", "-c", _GATE_SCRIPT, fifo_in, stdin_arg, *argv],
+                                       call, group, container, tg)
+                await anyio.to_thread.run_sync(_release, fifo, time.monotonic() + _FIND_TIMEOUT, b"go\n")
+                return await self._finish(p, limits, t0, cap)
+        finally:
+            await self._close_call(call, seq)
+
+    # -- prewarmed execs (a session used with ``async with``) ------------------------------------
+
+    async def _prewarm(self) -> None:
+        tg = self._tg
+        if tg is None or self._closed:  # the session is ending
+            return
+        seq = next(self._seq)
+        fifo = self.gate_dir / f"call-{seq}.fifo"
+        os.mkfifo(fifo, 0o600)
+        call = self.session.call(CallLimits())
+        try:
+            p = await self._launch(seq, ["/bin/sh", "-c", _WAITER, f"{GATE}/call-{seq}.fifo"], call,
+                                   self.session, self.container, tg)
+        except BaseException:
+            await self._close_call(call, seq)
+            raise
+        if self._closed or self._tg is None:
+            await self._close_call(call, seq)
+        else:
+            self._warm.append(p)
+
+    @property
+    def prewarmed(self) -> int:
+        """Prewarmed execs ready now."""
+        return sum(1 for p in self._warm if not p.done.is_set())
+
+    def _take_warm(self, limits: Limits, argv: Sequence[str]) -> _Pending | None:
+        if self._tg is None or any("\n" in a or "\0" in a for a in argv):
+            return None
+        while self._warm:
+            p = self._warm.pop(0)
+            if not p.done.is_set():
+                return p
+            self._tg.start_soon(self._close_call, p.call, p.seq)
+            self._refill()
+        return None
+
+    def _refill(self) -> None:
+        if self._tg is not None and not self._closed:
+            self._tg.start_soon(self._prewarm)
+
+    async def _run_warm(self, p: _Pending, argv: Sequence[str], limits: Limits, feed: bytes | None,
+                        cap: int) -> Outcome | None:
+        t0 = time.perf_counter()
+        try:
+            try:
+                p.call.update(_call_limits(limits))
+            except SandboxError:  # e.g. a memory limit below what the waiting shell holds
+                p.call.kill()
+                return None
+            self.warm_hits += 1
+            redirect = "</dev/null"
+            if feed is not None:
+                (self.gate_dir / f"call-{p.seq}.in").write_bytes(feed)
+                redirect = f"<{GATE}/call-{p.seq}.in"
+            line = ("mkdir -p /tmp/work && cd /tmp/work || exit 125; exec "
+                    + " ".join(shlex.quote(a) for a in argv) + f" {redirect}\n").encode()
+            await anyio.to_thread.run_sync(_release, p.fifo, time.monotonic() + _FIND_TIMEOUT, line)
+            return await self._finish(p, limits, t0, cap)
+        finally:
+            await self._close_call(p.call, p.seq)
+            self._refill()
 
     async def _run_per_call(self, seq: int, argv: Sequence[str], limits: Limits, feed: bytes | None,
                             cap: int) -> Outcome:
@@ -448,9 +549,22 @@ class DockerSandbox:
         shutil.rmtree(self.gate_dir, ignore_errors=True)
 
     async def __aenter__(self) -> DockerSandbox:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        for _ in range(self.backend.prewarm):
+            self._tg.start_soon(self._prewarm)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        tg, self._tg = self._tg, None
+        warm, self._warm = self._warm, []
+        for p in warm:  # their execs end once their shells are killed
+            p.call.kill()
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
+        for p in warm:
+            await self._close_call(p.call, p.seq)
         await anyio.to_thread.run_sync(self.close)
 
 
@@ -465,6 +579,8 @@ class DockerBackend:
         session_cpus: the session container's CPU cores (None: no limit).
         session_pids: the session container's pids limit.
         driver: the cgroup driver (for the host's layout); this process's shared one by default.
+        prewarm: execs kept started (behind their gate, in their call group) per session used with
+            ``async with``: a call then skips the engine's exec start (~0.1 s with podman).
 
     Raises:
         SandboxUnavailable: the ``docker`` SDK is not installed, no engine answers, the image is
@@ -475,7 +591,7 @@ class DockerBackend:
 
     def __init__(self, base_url: str | None = None, image: str = DEFAULT_IMAGE, *,
                  session_memory: int | None = None, session_cpus: float | None = None,
-                 session_pids: int = 1024, driver: CgroupDriver | None = None) -> None:
+                 session_pids: int = 1024, driver: CgroupDriver | None = None, prewarm: int = 2) -> None:
         try:
             import docker
         except ImportError:
@@ -506,6 +622,7 @@ class DockerBackend:
         self.session_memory = session_memory
         self.session_cpus = session_cpus
         self.session_pids = session_pids
+        self.prewarm = prewarm
         self.runtime = runtime_id()
         self.ro_paths = _python_binds()
         self.reaped = self._reap_stale()

@@ -270,3 +270,20 @@ async def test_admission_control_holds_container_calls_to_the_budget(docker_back
     waits = sorted(r.usage.admission_wait_seconds for r in results)
     assert waits[0] < 0.1 and waits[1] > 0.5  # 2 x 60 MiB do not fit in 100 MiB: one waited
     assert attached == [True, True]
+
+
+async def test_prewarmed_execs_keep_their_limits_and_leave_nothing(docker_backend):
+    async with docker_backend.start("warm") as sb:
+        with anyio.fail_after(30):
+            while sb.prewarmed < 1:
+                await anyio.sleep(0.05)
+        cid, dirs = sb.container.id, list(sb.session.dirs.values())
+        oom = await sb.exec([PY, "-c", "b = bytearray(128 * 2**20)"], Limits(memory="32M", memory_burst=1.0))
+        fed = await sb.exec(["/bin/sh", "-c", 'cat; printf " %s" "$0"', "it's here"], stdin=b"fed")
+        slow = await sb.exec(["sleep", "30"], Limits(timeout=0.5))
+        assert sb.warm_hits >= 1
+    assert oom.error_kind == "oom" and 30 * MiB <= oom.usage.memory_peak_bytes <= 33 * MiB
+    assert fed.ok and fed.value["stdout"] == "fed it's here"
+    assert slow.error_kind == "timeout"
+    assert docker_backend.client.containers.list(all=True, filters={"id": cid}) == []
+    assert not any(d.exists() for d in dirs) and not sb.gate_dir.exists()
