@@ -1,0 +1,462 @@
+"""`ParallelCallDecoder`: function name constrained, skeleton written, argument values in parallel.
+
+Method (SimpleTool, 2026: a call's delimiters and parameter names are predictable and its
+arguments weakly dependent, so only the name and the values need decoding, the values at once):
+
+1. The server's chat template renders the messages and tools (``/apply-template``); the text it
+   writes around a call is learned from a probe rendering (`derive_call_syntax`).
+2. Name: one request continues ``prompt + before_name`` under a grammar that admits only the tool
+   names (an enum of exact strings, dots allowed), so an unknown tool cannot be produced.
+3. Skeleton: ``after_name + "{" + '"key":'`` is written by us, never decoded.
+4. Required arguments: one branch per argument, all issued at once, each continuing
+   ``prompt + call so far + '"key":'`` under that argument's JSON Schema (``%json``), each ending
+   at its own value (the grammar stops it one delimiter after the value).
+5. Optional arguments: one request continues the object after the required pairs; its first token
+   is constrained to ``}`` (none present) or the start of an optional pair, so absence costs one
+   token; present ones are decoded there, each under its schema.
+6. The object is assembled and validated (`Tool.validate_args`, or the JSON Schema); a failed
+   branch raises `DecodingError` naming the argument - never a malformed call.
+7. More calls: one token after the call's closing text decides whether another call follows.
+
+Prefix reuse (measured here on llama.cpp b-2026 via xllamacpp, 4 slots, ``cache_prompt``): a
+slot reuses only its own KV cache, so a branch on another slot re-evaluates the whole prompt
+(``timings.prompt_n`` = 242 of 244 tokens) while branches pinned to the slot that decoded the name
+evaluate 2-3 tokens each. ``slots="pinned"`` (default) pins every request of a call to that slot:
+the prompt is evaluated once, the branches queue on the slot. ``slots="spread"`` lets the server
+place branches on any free slot: they decode concurrently (batched) but each new slot evaluates the
+prompt again - worth it only where prompt evaluation is cheap against decoding (a GPU server).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import anyio
+
+from agentrt.decoding._grammar import VALUE_ENDS, name_grammar, optional_tail_grammar, value_grammar
+from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion
+from agentrt.decoding._standard import decode_standard, wire_tools
+from agentrt.decoding._template import CallSyntax, derive_call_syntax, probe_messages
+from agentrt.errors import DecodingError, InvalidArguments, ModelError
+from agentrt.llm import OpenAIChatModel, ToolCall
+from agentrt.tools import Tool
+
+__all__ = ["BranchRecord", "DecodeResult", "DecodeStats", "ParallelCallDecoder", "branch_schema"]
+
+log = logging.getLogger(__name__)
+
+Slots = Literal["pinned", "spread"]
+#: JSON Schema keywords passed to the value grammar; annotations (description, title, default,
+#: examples, BFCL's "optional") are dropped: they do not constrain and some grammars reject them.
+_SCHEMA_KEYS = {"type", "properties", "required", "items", "prefixItems", "enum", "const", "anyOf", "oneOf",
+                "allOf", "additionalProperties", "minItems", "maxItems", "minLength", "maxLength", "pattern",
+                "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "$ref", "$defs", "format"}
+
+
+def branch_schema(schema: Any) -> Any:
+    """``schema`` with annotation keywords removed (recursively); see `_SCHEMA_KEYS`."""
+    if isinstance(schema, list):
+        return [branch_schema(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out: dict[str, Any] = {}
+    for key, value in schema.items():
+        if key not in _SCHEMA_KEYS:
+            continue
+        if key in ("properties", "$defs") and isinstance(value, dict):
+            out[key] = {k: branch_schema(v) for k, v in value.items()}
+        elif key in ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "prefixItems"):
+            out[key] = branch_schema(value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class BranchRecord:
+    """One request of a decode: what it decoded and what it cost.
+
+    Attributes:
+        label: ``name``, ``arg:<key>``, ``optional``, ``more`` (with ``#<call index>``).
+        started, ended: ``time.perf_counter()`` seconds.
+        prompt_n: prompt tokens evaluated; cache_n: prompt tokens reused from the slot's cache.
+        tokens: tokens decoded; slot: server slot.
+    """
+
+    label: str
+    started: float
+    ended: float
+    prompt_n: int
+    cache_n: int
+    tokens: int
+    slot: int
+
+
+@dataclass
+class DecodeStats:
+    """Totals of one decode: requests, tokens decoded, prompt tokens evaluated/reused, wall seconds."""
+
+    requests: int = 0
+    tokens_decoded: int = 0
+    prompt_tokens_evaluated: int = 0
+    prompt_tokens_cached: int = 0
+    wall_seconds: float = 0.0
+    branches: list[BranchRecord] = field(default_factory=list)
+
+    def add(self, label: str, r: RawCompletion) -> None:
+        self.requests += 1
+        self.tokens_decoded += r.tokens_predicted
+        self.prompt_tokens_evaluated += r.prompt_n
+        self.prompt_tokens_cached += r.cache_n
+        self.branches.append(BranchRecord(label, r.started, r.ended, r.prompt_n, r.cache_n,
+                                          r.tokens_predicted, r.id_slot))
+
+
+@dataclass
+class DecodeResult:
+    """Calls of one assistant turn.
+
+    Attributes:
+        calls: in order; ``arguments`` is JSON text, validated against the tool's schema.
+        mode: ``"parallel"``, or ``"fallback"`` (ordinary tool-call decoding; see ``fallback_reason``).
+        stats: what the decode cost (for ``fallback``: tokens from the completion's usage).
+    """
+
+    calls: list[ToolCall]
+    mode: Literal["parallel", "fallback"]
+    fallback_reason: str | None
+    stats: DecodeStats
+
+    @property
+    def fallback(self) -> bool:
+        return self.mode == "fallback"
+
+
+@dataclass
+class _Spec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    tool: Tool | None
+
+    @property
+    def wire(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "parameters": self.parameters}
+
+    def split(self) -> tuple[list[str], list[str]]:
+        props = list((self.parameters.get("properties") or {}).keys())
+        required = [k for k in props if k in set(self.parameters.get("required") or [])]
+        return required, [k for k in props if k not in required]
+
+    def value_schema(self, key: str) -> dict[str, Any]:
+        schema = branch_schema((self.parameters.get("properties") or {}).get(key) or {})
+        if "$defs" in self.parameters:
+            schema = {**schema, "$defs": branch_schema(self.parameters["$defs"])}
+        return schema
+
+    def validate(self, args: dict[str, Any]) -> None:
+        if self.tool is not None:
+            try:
+                self.tool.validate_args(args)
+            except InvalidArguments as exc:
+                raise DecodingError(f"decoded arguments of {self.name} do not validate: {exc}") from exc
+            return
+        try:
+            import jsonschema
+        except ImportError:  # the grammar already constrained each value; check what it cannot
+            missing = [k for k in self.split()[0] if k not in args]
+            if missing:
+                raise DecodingError(f"decoded arguments of {self.name} lack required {missing}") from None
+            return
+        errors = sorted(jsonschema.Draft202012Validator(branch_schema(self.parameters)).iter_errors(args),
+                        key=lambda e: list(e.path))
+        if errors:
+            raise DecodingError(f"decoded arguments of {self.name} do not validate: "
+                                + "; ".join(f"{'/'.join(map(str, e.path)) or '(args)'}: {e.message}"
+                                            for e in errors))
+
+
+def _spec(tool: Tool | dict[str, Any]) -> _Spec:
+    if isinstance(tool, Tool):
+        return _Spec(tool.name, tool.description, tool.parameters, tool)
+    fn = tool.get("function", tool) if isinstance(tool, dict) else None
+    if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+        raise TypeError(f"a tool must be a Tool or an OpenAI function spec, got {tool!r:.200}")
+    return _Spec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}, None)
+
+
+def _parse_value(content: str, label: str) -> Any:
+    text = content.lstrip()
+    try:
+        value, end = json.JSONDecoder().raw_decode(text)
+    except ValueError as exc:
+        raise DecodingError(f"branch {label} produced no JSON value: {content[:200]!r}") from exc
+    if text[end:].strip() not in ("", *VALUE_ENDS):
+        raise DecodingError(f"branch {label} wrote past its value: {content[:200]!r}")
+    return value
+
+
+class ParallelCallDecoder:
+    """Decode tool calls with the name constrained and argument values decoded in parallel.
+
+    Args:
+        model: an `OpenAIChatModel` (its ``base_url``), or an OpenAI base URL (``http://h:p/v1``).
+        tools: `Tool` objects or OpenAI function specs (``{"type": "function", "function": {...}}``
+            or bare ``{"name", "description", "parameters"}``). Names may contain dots.
+        slots: ``"pinned"`` or ``"spread"`` (see the module doc: prefix reuse vs concurrency).
+        max_calls: most calls decoded in one turn.
+        max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
+        model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
+        timeout: seconds one request may take.
+
+    Needs llama.cpp's native ``/apply-template`` and ``/completion`` (llama.cpp server, the local
+    engine). Elsewhere (vLLM, OpenAI...) `decode` falls back to ordinary tool-call decoding through
+    the OpenAI ``tools`` field, logs a warning once, and marks the result ``mode="fallback"``.
+    """
+
+    def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
+                 slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
+                 model_name: str | None = None, timeout: float = 300.0) -> None:
+        if isinstance(model, str):
+            self.model = OpenAIChatModel(model, model_name or "default")
+        else:
+            self.model = model
+        self.specs = {s.name: s for s in map(_spec, tools)}
+        if not self.specs:
+            raise ValueError("ParallelCallDecoder needs at least one tool")
+        if slots not in ("pinned", "spread"):
+            raise ValueError(f"slots must be 'pinned' or 'spread', not {slots!r}")
+        self.slots = slots
+        self.max_calls = max_calls
+        self.max_value_tokens = max_value_tokens
+        self.endpoint = LlamaCppEndpoint(self.model.base_url, timeout=timeout)
+        self._raw_unsupported: str | None | bool = False  # False: not probed yet
+        self._syntax: CallSyntax | None = None
+        self._warned = False
+
+    async def aclose(self) -> None:
+        await self.endpoint.aclose()
+
+    async def __aenter__(self) -> ParallelCallDecoder:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- capability ------------------------------------------------------------------------
+
+    async def _why_not_parallel(self, messages: list[dict[str, Any]]) -> str | None:
+        if self._raw_unsupported is False:
+            self._raw_unsupported = await self.endpoint.supports_raw_prompts()
+        if self._raw_unsupported:
+            return str(self._raw_unsupported)
+        if self._syntax is None:
+            tools = wire_tools([s.wire for s in self.specs.values()])
+            prompt = await self.endpoint.apply_template(messages, tools)
+            rendered = await self.endpoint.apply_template(probe_messages(messages), tools)
+            self._syntax = derive_call_syntax(prompt, rendered)
+            if self._syntax is None:
+                return "the chat template does not write tool calls as a name followed by a JSON arguments object"
+        return None
+
+    async def supports_parallel(self) -> str | None:
+        """None when the endpoint can do parallel decoding, else why not (a sentence)."""
+        return await self._why_not_parallel([{"role": "user", "content": "probe"}])
+
+    # -- public ----------------------------------------------------------------------------
+
+    async def decode(self, messages: Sequence[dict[str, Any]]) -> list[ToolCall]:
+        """The tool calls of the next assistant turn (see `decode_turn`)."""
+        return (await self.decode_turn(messages)).calls
+
+    async def decode_turn(self, messages: Sequence[dict[str, Any]]) -> DecodeResult:
+        """Decode the next assistant turn's tool calls (one or more) after ``messages``.
+
+        Returns:
+            `DecodeResult` with the calls (arguments validated), the mode and the cost.
+
+        Raises:
+            DecodingError: a branch failed, a value was truncated, or a call did not validate.
+            ModelError: the endpoint failed.
+        """
+        msgs = [dict(m) for m in messages]
+        why = await self._why_not_parallel(msgs)
+        if why is not None:
+            return await self._fallback(msgs, why)
+        assert self._syntax is not None
+        syntax = self._syntax
+        stats = DecodeStats()
+        started = time.perf_counter()
+        prompt = await self.endpoint.apply_template(msgs, wire_tools([s.wire for s in self.specs.values()]))
+        calls: list[ToolCall] = []
+        head = prompt
+        slot: int | None = None
+        for index in range(self.max_calls):
+            name, slot = await self._decode_name(head, index, slot, stats)
+            spec = self.specs[name]
+            args = await self._decode_args(spec, head + syntax.before_name + name + syntax.after_name,
+                                           {}, slot, stats, f"#{index}")
+            calls.append(ToolCall(id=f"call_{index}", name=name, arguments=json.dumps(args, ensure_ascii=False)))
+            head += syntax.call_text(name, args)
+            if index + 1 == self.max_calls or not await self._more(head, slot, stats, index):
+                break
+            head += syntax.call_sep
+        stats.wall_seconds = time.perf_counter() - started
+        return DecodeResult(calls=calls, mode="parallel", fallback_reason=None, stats=stats)
+
+    async def decode_arguments(self, tool: Tool | dict[str, Any] | str, prefix_messages: Sequence[dict[str, Any]],
+                               partial: dict[str, Any] | None = None) -> tuple[dict[str, Any], DecodeStats]:
+        """Arguments of a call whose tool is already known (a plan task's), values in parallel.
+
+        Args:
+            tool: the tool (or the name of one given to the decoder).
+            prefix_messages: the conversation the call answers.
+            partial: arguments already fixed (written into the prefix, not decoded).
+
+        Returns:
+            ``(arguments, stats)``; ``arguments`` validated, ``partial`` included.
+
+        Raises:
+            DecodingError: as `decode_turn`; also when the endpoint lacks raw prompts (no
+                fallback here: the caller asked for these arguments only).
+        """
+        spec = self.specs[tool] if isinstance(tool, str) else _spec(tool)
+        msgs = [dict(m) for m in prefix_messages]
+        why = await self._why_not_parallel(msgs)
+        if why is not None:
+            raise DecodingError(f"cannot decode arguments in parallel here: {why}")
+        assert self._syntax is not None
+        stats = DecodeStats()
+        started = time.perf_counter()
+        prompt = await self.endpoint.apply_template(msgs, wire_tools([spec.wire]))
+        args = await self._decode_args(spec, prompt + self._syntax.before_name + spec.name + self._syntax.after_name,
+                                       dict(partial or {}), None, stats, "")
+        stats.wall_seconds = time.perf_counter() - started
+        return args, stats
+
+    # -- steps -----------------------------------------------------------------------------
+
+    async def _request(self, label: str, stats: DecodeStats, prompt: str, **kw: Any) -> RawCompletion:
+        try:
+            r = await self.endpoint.complete(prompt, **kw)
+        except ModelError as exc:
+            raise DecodingError(f"branch {label} failed: {type(exc).__name__}: {exc}") from exc
+        stats.add(label, r)
+        return r
+
+    async def _decode_name(self, head: str, index: int, slot: int | None, stats: DecodeStats) -> tuple[str, int]:
+        syntax = self._syntax
+        assert syntax is not None
+        names = sorted(self.specs, key=len, reverse=True)
+        r = await self._request(f"name#{index}", stats, head + syntax.before_name, n_predict=64,
+                                grammar=name_grammar(names, syntax.after_name), id_slot=slot)
+        # the longest name the text starts with (the grammar admits only these)
+        name = next((n for n in names if r.content.startswith(n)
+                     and syntax.after_name.startswith(r.content[len(n):])), None)
+        if name is None:
+            raise DecodingError(f"name branch produced no known tool name: {r.content[:120]!r}")
+        return name, r.id_slot
+
+    async def _more(self, head: str, slot: int | None, stats: DecodeStats, index: int) -> bool:
+        syntax = self._syntax
+        assert syntax is not None
+        r = await self._request(f"more#{index}", stats, head, n_predict=1, id_slot=slot)
+        nxt = syntax.call_sep + syntax.before_name
+        return bool(r.content) and r.stop_type != "eos" and (nxt.startswith(r.content) or r.content.startswith(nxt))
+
+    async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
+                           stats: DecodeStats, tag: str) -> dict[str, Any]:
+        syntax = self._syntax
+        assert syntax is not None
+        required, optional = spec.split()
+        unknown = set(partial) - set(required) - set(optional)
+        if unknown:
+            raise DecodingError(f"partial arguments {sorted(unknown)} are not parameters of {spec.name}")
+        open_ = call_prefix + "{" + (syntax.args_text(partial)[1:-1] + syntax.item_sep if partial else "")
+        key_sep = syntax.key_sep.rstrip()
+        lead = syntax.key_sep[len(key_sep):]
+        todo = [k for k in required if k not in partial]
+        values: dict[str, Any] = {}
+        errors: dict[str, BaseException] = {}
+        branch_slot = slot if self.slots == "pinned" else None
+
+        async def branch(key: str) -> None:
+            label = f"arg:{key}{tag}"
+            try:
+                r = await self._request(label, stats, open_ + json.dumps(key, ensure_ascii=False) + key_sep,
+                                        n_predict=self.max_value_tokens,
+                                        grammar=value_grammar(spec.value_schema(key), lead), id_slot=branch_slot)
+                if r.stop_type == "limit":
+                    raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
+                                        f"before its value ended: {r.content[:120]!r}")
+                values[key] = _parse_value(r.content, label)
+            except Exception as exc:  # collected: every failing branch is named in one error
+                errors[key] = exc
+
+        async with anyio.create_task_group() as tg:
+            for key in todo:
+                tg.start_soon(branch, key)
+        if errors:
+            detail = "; ".join(f"{k}: {e}" for k, e in errors.items())
+            raise DecodingError(f"{spec.name}: {len(errors)} of {len(todo)} argument branches failed: "
+                                f"{detail}") from next(iter(errors.values()))
+        args = {**partial, **{k: values[k] for k in required if k in values}}
+        rest = [k for k in optional if k not in partial]
+        if rest:
+            args = await self._decode_optional(spec, call_prefix, args, rest, slot, stats, tag)
+        spec.validate(args)
+        return args
+
+    async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], rest: list[str],
+                               slot: int | None, stats: DecodeStats, tag: str) -> dict[str, Any]:
+        syntax = self._syntax
+        assert syntax is not None
+        inner = syntax.args_text(args)[1:-1]
+        grammar = optional_tail_grammar([(k, spec.value_schema(k)) for k in rest], after_required=bool(args),
+                                        key_sep=syntax.key_sep, item_sep=syntax.item_sep)
+        label = f"optional{tag}"
+        r = await self._request(label, stats, call_prefix + "{" + inner,
+                                n_predict=self.max_value_tokens, grammar=grammar, id_slot=slot)
+        if r.stop_type == "limit":
+            raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens: {r.content[:120]!r}")
+        try:
+            full, _ = json.JSONDecoder().raw_decode("{" + inner + r.content)
+        except ValueError as exc:
+            raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
+        if not isinstance(full, dict):
+            raise DecodingError(f"branch {label} did not produce an object: {r.content[:200]!r}")
+        return full
+
+    async def _fallback(self, messages: list[dict[str, Any]], why: str) -> DecodeResult:
+        if not self._warned:
+            log.warning("parallel function-call decoding unavailable at %s (%s); falling back to ordinary "
+                        "tool-call decoding", self.endpoint.root, why)
+            self._warned = True
+        started = time.perf_counter()
+        result = await decode_standard(self.model, messages, [s.wire for s in self.specs.values()])
+        calls: list[ToolCall] = []
+        for call in result.calls:
+            spec = self.specs.get(call.name)
+            if spec is None:
+                raise DecodingError(f"the model called an unknown tool {call.name!r} (fallback decoding)")
+            try:
+                args = json.loads(call.arguments or "{}")
+            except ValueError as exc:
+                raise DecodingError(f"the model wrote invalid JSON arguments for {call.name}: "
+                                    f"{call.arguments[:200]!r}") from exc
+            if not isinstance(args, dict):
+                raise DecodingError(f"arguments of {call.name} are not an object: {call.arguments[:200]!r}")
+            spec.validate(args)
+            calls.append(call)
+        if not calls:
+            raise DecodingError(f"the model made no tool call (fallback decoding): {result.text[:200]!r}")
+        stats = DecodeStats(requests=result.usage.requests, tokens_decoded=result.usage.output_tokens,
+                            prompt_tokens_evaluated=result.usage.input_tokens - result.usage.cached_tokens,
+                            prompt_tokens_cached=result.usage.cached_tokens,
+                            wall_seconds=time.perf_counter() - started)
+        return DecodeResult(calls=calls, mode="fallback", fallback_reason=why, stats=stats)

@@ -1,0 +1,157 @@
+"""A scripted llama.cpp-like server on a real loopback socket, for the decoder's non-model tests.
+
+It serves ``/apply-template`` (ChatML with Qwen2.5's tool-call format), ``/completion`` and
+``/v1/chat/completions``. Its "model" is a script: the value of each argument (by key), the tool
+name of each call, whether optional arguments are written, how many calls the turn has. Every
+request is logged with its body and its start/end times, so tests can check grammars, slots and
+that branches overlapped.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+SYSTEM = "<|im_start|>system\nYou may call functions.\n<tools>\n{tools}\n</tools><|im_end|>\n"
+
+
+def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
+    """ChatML with Qwen2.5's ``<tool_call>`` blocks, ending with the generation prompt."""
+    out = SYSTEM.format(tools="\n".join(json.dumps(t) for t in tools or []))
+    for m in messages:
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            parts = [f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": '
+                     f'{json.dumps(json.loads(c["function"]["arguments"]))}}}\n</tool_call>'
+                     for c in m["tool_calls"]]
+            out += "<|im_start|>assistant\n" + "\n".join(parts) + "<|im_end|>\n"
+        else:
+            out += f"<|im_start|>{m['role']}\n{m.get('content') or ''}<|im_end|>\n"
+    return out + "<|im_start|>assistant\n"
+
+
+@dataclass
+class Script:
+    """What the fake model answers.
+
+    Attributes:
+        calls: per call of the turn, ``(tool name, {key: value})``; optional keys present in the
+            dict are written by the optional step, absent ones are not.
+        delay: seconds each ``/completion`` takes (to observe overlap).
+        fail_key: an argument whose branch answers HTTP 500.
+        truncate_key: an argument whose branch stops at the token limit mid-value.
+        raw: False makes ``/apply-template`` and ``/completion`` answer 404 (a plain OpenAI server).
+    """
+
+    calls: list[tuple[str, dict[str, Any]]]
+    required: dict[str, list[str]] = field(default_factory=dict)
+    delay: float = 0.0
+    fail_key: str | None = None
+    truncate_key: str | None = None
+    raw: bool = True
+    log: list[dict[str, Any]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class FakeServer:
+    def __init__(self, script: Script) -> None:
+        self.script = script
+        handler = type("H", (_Handler,), {"script": script})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self) -> FakeServer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+_CALL = re.compile(r'<tool_call>\n\{"name": "')
+
+
+class _Handler(BaseHTTPRequestHandler):
+    script: Script
+
+    def log_message(self, *args: Any) -> None:  # keep pytest output clean
+        pass
+
+    def _send(self, status: int, body: dict[str, Any]) -> None:
+        raw = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(raw)))
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        s = self.script
+        if self.path == "/v1/chat/completions":
+            name, args = s.calls[0]
+            text = "".join(f'<tool_call>\n{{"name": "{n}", "arguments": {json.dumps(a)}}}\n</tool_call>'
+                           for n, a in s.calls)
+            self._send(200, {"choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": text}}],
+                             "usage": {"prompt_tokens": 100, "completion_tokens": 40}})
+            return
+        if not s.raw:
+            self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
+            return
+        if self.path == "/apply-template":
+            self._send(200, {"prompt": render(body["messages"], body.get("tools"))})
+            return
+        if self.path != "/completion":
+            self._send(404, {"error": {"message": "no such path"}})
+            return
+        started = time.perf_counter()
+        time.sleep(s.delay)
+        status, answer = self._complete(body)
+        entry = {"body": body, "started": started, "ended": time.perf_counter(), "answer": answer}
+        with s.lock:
+            s.log.append(entry)
+        self._send(status, answer)
+
+    def _complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        s = self.script
+        prompt: str = body["prompt"]
+        turn = prompt[prompt.rfind("<|im_start|>assistant\n"):]
+        index = len(_CALL.findall(turn)) - 1  # the call being decoded
+        stop = "eos"
+        if body.get("n_predict") == 0:
+            content = ""
+        elif prompt.endswith('{"name": "'):
+            content = s.calls[index][0] + '"'
+        elif body.get("n_predict") == 1 and prompt.endswith("</tool_call>"):
+            content, stop = ("\n", "limit") if index + 1 < len(s.calls) else ("", "eos")
+        elif m := re.search(r'"([^"]+)":$', prompt):
+            key = m.group(1)
+            if key == s.fail_key:
+                return 500, {"error": {"code": 500, "message": "slot crashed"}}
+            value = json.dumps(s.calls[index][1][key], ensure_ascii=False)
+            content = " " + value + ","
+            if key == s.truncate_key:
+                content, stop = " " + value[: len(value) // 2], "limit"
+        else:  # the optional tail after the required pairs
+            name, args = s.calls[index]
+            required = s.required.get(name, [])
+            extra = {k: v for k, v in args.items() if k not in required}
+            if not extra:
+                content = "}}"
+            else:
+                lead = ", " if any(k in args for k in required) else ""
+                content = lead + json.dumps(extra, ensure_ascii=False)[1:] + "}"
+        slot = body.get("id_slot")
+        return 200, {"content": content, "tokens_predicted": max(1, len(content) // 3), "stop_type": stop,
+                     "id_slot": 0 if slot is None else slot,
+                     "timings": {"prompt_n": 5, "cache_n": len(prompt) // 4}}

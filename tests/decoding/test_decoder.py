@@ -1,0 +1,202 @@
+"""ParallelCallDecoder against a scripted llama.cpp-like server (real sockets, no model)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+
+import pytest
+
+from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
+from agentrt.decoding._grammar import name_grammar, optional_tail_grammar, value_grammar
+from agentrt.errors import DecodingError
+from agentrt.tools import tool
+from _fake_llamacpp import FakeServer, Script, render
+
+pytestmark = pytest.mark.anyio
+
+WEATHER = {"type": "function", "function": {
+    "name": "weather.get", "description": "Weather for a city",
+    "parameters": {"type": "object", "properties": {
+        "city": {"type": "string", "description": "city name"},
+        "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+        "days": {"type": "integer", "default": 1}},
+        "required": ["city", "unit"]}}}
+PLACE = {"type": "function", "function": {
+    "name": "geo.place", "description": "Describe a place",
+    "parameters": {"type": "object", "properties": {
+        "where": {"type": "object", "properties": {"lat": {"type": "number"}, "lon": {"type": "number"},
+                                                   "tags": {"type": "array", "items": {"type": "string"}}},
+                  "required": ["lat", "lon"]},
+        "note": {"type": "string"}},
+        "required": ["where", "note"]}}}
+REQUIRED = {"weather.get": ["city", "unit"], "geo.place": ["where", "note"]}
+ASK = [{"role": "user", "content": "Weather in Paris?"}]
+
+
+def completions(script: Script) -> list[dict]:
+    return [e for e in script.log if e["body"].get("n_predict") != 0]
+
+
+def test_call_syntax_is_learned_from_the_template() -> None:
+    prompt = render(ASK, [WEATHER])
+    from agentrt.decoding._template import probe_messages
+
+    syntax = derive_call_syntax(prompt, render(probe_messages(ASK), [WEATHER]))
+    assert syntax is not None
+    assert syntax.before_name == '<tool_call>\n{"name": "'
+    assert syntax.after_name == '", "arguments": '
+    assert syntax.call_close == "}\n</tool_call>"
+    assert syntax.call_sep == "\n"
+    assert (syntax.key_sep, syntax.item_sep) == (": ", ", ")
+    assert derive_call_syntax(prompt, prompt + "plain text, no calls") is None
+
+
+def test_grammars_admit_only_the_tool_names_and_each_argument_schema() -> None:
+    g = name_grammar(["weather.get", "geo.place"], '", "arguments": ')
+    alternatives = re.search(r"start: \((.*?)\) ", g).group(1)
+    assert alternatives == '"weather.get" | "geo.place"'
+    v = value_grammar({"type": "string", "enum": ["a", "b\"c"]})
+    assert '%json {"type": "string", "enum": ["a", "b\\"c"]}' in v and v.rstrip().endswith('("," | "}" | "}}")')
+    t = optional_tail_grammar([("days", {"type": "integer"}), ("hours", {"type": "integer"})], after_required=True)
+    assert 'start: ("}" | "}}") | ", " t0 | ", " t1' in t
+    assert "t0: " in t and '", " t1' in t.split("t0: ")[1].split("\n")[0]
+
+
+async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED, delay=0.3)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER], slots="spread") as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert result.mode == "parallel" and not result.fallback
+    assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [
+        ("weather.get", {"city": "Paris", "unit": "celsius"})]
+    branches = {b.label: b for b in result.stats.branches}
+    city, unit = branches["arg:city#0"], branches["arg:unit#0"]
+    assert city.started < unit.ended and unit.started < city.ended, "argument branches did not overlap"
+    # the skeleton is not decoded: each value branch continues the prefix up to its own key
+    prompts = [e["body"]["prompt"] for e in completions(script)]
+    assert any(p.endswith('{"name": "weather.get", "arguments": {"city":') for p in prompts)
+    assert any(p.endswith('{"name": "weather.get", "arguments": {"unit":') for p in prompts)
+    # each branch carries its own schema, without annotations
+    grammars = [e["body"].get("grammar", "") for e in completions(script)]
+    assert any('%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in g for g in grammars)
+    assert not any("city name" in g for g in grammars)
+    assert result.stats.requests == len(completions(script))
+
+
+async def test_pinned_slots_send_every_request_of_a_call_to_the_name_slot() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            await decoder.decode_turn(ASK)
+    bodies = [e["body"] for e in completions(script)]
+    assert "id_slot" not in bodies[0]  # the name request picks the slot ...
+    assert all(b.get("id_slot") == 0 for b in bodies[1:])  # ... every later one is pinned to it
+
+
+async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_decoded() -> None:
+    absent = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
+    present = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius", "days": 3})], required=REQUIRED)
+    out = []
+    for script in (absent, present):
+        with FakeServer(script) as server:
+            async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+                out.append(json.loads((await decoder.decode(ASK))[0].arguments))
+        tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
+        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"city": "Paris", "unit": "celsius"')
+    assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
+
+
+async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
+    note = 'He said "hi"\nthen left: café ✓ 東京 \\ end'
+    args = {"where": {"lat": 48.85, "lon": 2.35, "tags": ["a \"b\"", "é"]}, "note": note}
+    script = Script(calls=[("geo.place", args)], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE]) as decoder:
+            calls = await decoder.decode([{"role": "user", "content": "describe"}])
+    assert calls[0].name == "geo.place"
+    assert json.loads(calls[0].arguments) == args
+    grammar = next(e["body"]["grammar"] for e in completions(script) if e["body"]["prompt"].endswith('"where":'))
+    assert '"required": ["lat", "lon"]' in grammar and '"items": {"type": "string"}' in grammar
+
+
+async def test_several_calls_in_one_turn_continue_after_each_other() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
+                           ("weather.get", {"city": "Rome", "unit": "fahrenheit", "days": 2})],
+                    required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE]) as decoder:
+            calls = await decoder.decode(ASK)
+    assert [json.loads(c.arguments) for c in calls] == [
+        {"city": "Paris", "unit": "celsius"}, {"city": "Rome", "unit": "fahrenheit", "days": 2}]
+    second = [e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"city":')][-1]
+    assert '"arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>' in second
+
+
+async def test_unknown_tool_name_is_an_error_never_a_call() -> None:
+    script = Script(calls=[("email.send", {"to": "x"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            with pytest.raises(DecodingError, match="no known tool name"):
+                await decoder.decode(ASK)
+
+
+async def test_a_failed_branch_raises_a_clear_error_naming_the_argument() -> None:
+    for kw, pattern in (({"fail_key": "unit"}, r"unit: branch arg:unit#0 failed: .*HTTP 500"),
+                        ({"truncate_key": "city"}, r"city: branch arg:city#0 was cut")):
+        script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED, **kw)
+        with FakeServer(script) as server:
+            async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+                with pytest.raises(DecodingError, match=pattern):
+                    await decoder.decode(ASK)
+
+
+async def test_arguments_that_do_not_validate_raise() -> None:
+    @tool
+    def count(n: int, label: str) -> int:
+        """Count."""
+        return n
+
+    script = Script(calls=[("count", {"n": "many", "label": "x"})], required={"count": ["n", "label"]})
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [count]) as decoder:
+            with pytest.raises(DecodingError, match="do not validate"):
+                await decoder.decode(ASK)
+
+
+async def test_fallback_to_ordinary_decoding_is_logged_and_flagged(caplog: pytest.LogCaptureFixture) -> None:
+    script = Script(calls=[("weather.get", {"city": "Oslo", "unit": "celsius"})], raw=False)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            with caplog.at_level(logging.WARNING, logger="agentrt.decoding._decoder"):
+                result = await decoder.decode_turn(ASK)
+                assert await decoder.supports_parallel() is not None
+            with pytest.raises(DecodingError, match="cannot decode arguments in parallel"):
+                await decoder.decode_arguments("weather.get", ASK)
+    assert result.fallback and result.mode == "fallback" and "apply-template" in result.fallback_reason
+    assert [json.loads(c.arguments) for c in result.calls] == [{"city": "Oslo", "unit": "celsius"}]
+    assert any("falling back to ordinary tool-call decoding" in r.message for r in caplog.records)
+
+
+async def test_decode_arguments_for_a_known_tool_with_partial_arguments() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            args, stats = await decoder.decode_arguments("weather.get", ASK, partial={"city": "Paris"})
+    assert args == {"city": "Paris", "unit": "celsius"}
+    branch_prompts = [e["body"]["prompt"] for e in completions(script) if "%json" in e["body"].get("grammar", "")
+                      and "t0" not in e["body"]["grammar"]]
+    assert len(branch_prompts) == 1 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
+    assert stats.requests == 2  # the unit branch and the optional step
+
+
+def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:
+    calls, errors = parse_calls_text('<tool_call>\n{"name": "a.b", "arguments": {"x": 1}}\n</tool_call>\n'
+                                     '<tool_call>\n{"name": "c", "arguments": {}}\n</tool_call>')
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("a.b", {"x": 1}), ("c", {})] and not errors
+    calls, _ = parse_calls_text('{"calls": [{"name": "a", "arguments": {"y": "z"}}]}')
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("a", {"y": "z"})]
+    calls, errors = parse_calls_text("I cannot help")
+    assert not calls and errors
