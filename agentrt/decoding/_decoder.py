@@ -301,7 +301,12 @@ class ParallelCallDecoder:
             spec = self.specs[name]
             args = await self._decode_args(spec, head + syntax.before_name + name + syntax.after_name,
                                            {}, slot, stats, f"#{index}")
-            calls.append(ToolCall(id=f"call_{index}", name=name, arguments=json.dumps(args, ensure_ascii=False)))
+            arguments = json.dumps(args, ensure_ascii=False)
+            if any(c.name == name and c.arguments == arguments for c in calls):
+                # greedy decoding that repeats a call it already made is looping, not asking twice
+                log.debug("call %d repeats an earlier call (%s); the turn ends here", index, name)
+                break
+            calls.append(ToolCall(id=f"call_{index}", name=name, arguments=arguments))
             head += syntax.call_text(name, args)
             if index + 1 == self.max_calls or not await self._more(head, slot, stats, index):
                 break
@@ -365,9 +370,13 @@ class ParallelCallDecoder:
     async def _more(self, head: str, slot: int | None, stats: DecodeStats, index: int) -> bool:
         syntax = self._syntax
         assert syntax is not None
-        r = await self._request(f"more#{index}", stats, head, n_predict=1, id_slot=slot)
-        nxt = syntax.call_sep + syntax.before_name
-        return bool(r.content) and r.stop_type != "eos" and (nxt.startswith(r.content) or r.content.startswith(nxt))
+        # two tokens: a template's separator ("\n") is often written before the end of turn as well,
+        # so only the separator followed by the start of a call means another call
+        r = await self._request(f"more#{index}", stats, head, n_predict=2, id_slot=slot)
+        if not r.content.startswith(syntax.call_sep):
+            return False
+        rest = r.content[len(syntax.call_sep):]
+        return bool(rest) and (syntax.before_name.startswith(rest) or rest.startswith(syntax.before_name))
 
     async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
                            stats: DecodeStats, tag: str) -> dict[str, Any]:

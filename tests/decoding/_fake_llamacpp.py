@@ -132,8 +132,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = ""
         elif prompt.endswith('{"name": "'):
             content = s.calls[index][0] + '"'
-        elif body.get("n_predict") == 1 and prompt.endswith("</tool_call>"):
-            content, stop = ("\n", "limit") if index + 1 < len(s.calls) else ("", "eos")
+        elif body.get("n_predict") == 2 and prompt.endswith("</tool_call>"):
+            content, stop = ("\n<tool_call>", "limit") if index + 1 < len(s.calls) else ("\n", "eos")
         elif m := re.search(r'"([^"]+)":$', prompt):
             key = m.group(1)
             if key == s.fail_key:

@@ -200,3 +200,12 @@ def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:
     assert [(c.name, json.loads(c.arguments)) for c in calls] == [("a", {"y": "z"})]
     calls, errors = parse_calls_text("I cannot help")
     assert not calls and errors
+
+
+async def test_a_repeated_call_ends_the_turn() -> None:
+    same = ("weather.get", {"city": "Paris", "unit": "celsius"})
+    script = Script(calls=[same, same, same], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            calls = await decoder.decode(ASK)
+    assert len(calls) == 1
