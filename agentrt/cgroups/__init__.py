@@ -40,7 +40,9 @@ eBPF (optional; BCC from Debian, imported only when a monitor or policy starts; 
 - `NetPolicy` (`shared_net_policy()`): ``attach(v2_dir, ["host:port", ...]) -> NetAttachment``:
   cgroup connect4/6 + sendmsg4/6 programs; everything else fails with EPERM; ``close()`` detaches.
 - `EbpfCall`: both for one call, as a sandbox backend uses them (``begin`` ... ``finish()`` ->
-  usage fields ``ebpf_*``); `EbpfDenied` when a call asks for a part this host lacks.
+  usage fields ``ebpf_*``); `EbpfDenied` when a call asks for a part this host lacks;
+  `ebpf_parts(monitor, net=)` -> the process's monitor and policy, or why not;
+  `parse_allow(["host:port"])` -> resolved allow-list entries (ValueError when one is bad).
 - `ebpf_probe() -> (works, detail)`: one counted call and one denied connect (``agentrt doctor``).
 - `loaded_programs()`: every BPF program in the kernel ``(id, type, name)``; agentrt's are ``art_*``.
 """
@@ -62,13 +64,16 @@ from agentrt.cgroups._ebpf import (
     Budget,
     CallWatch,
     EbpfCounts,
-    EbpfStatus,
-    ebpf_status,
-    loaded_programs,
     shared_monitor,
 )
-from agentrt.cgroups._ebpf_call import EbpfCall, EbpfDenied, ebpf_probe
-from agentrt.cgroups._ebpf_net import NetAttachment, NetPolicy, shared_net_policy
+from agentrt.cgroups._ebpf_call import EbpfCall, EbpfDenied, ebpf_parts, ebpf_probe
+from agentrt.cgroups._ebpf_net import (
+    NetAttachment,
+    NetPolicy,
+    parse_allow,
+    shared_net_policy,
+)
+from agentrt.cgroups._ebpf_sys import EbpfStatus, ebpf_status, loaded_programs
 from agentrt.cgroups._layout import CgroupLayout, LayoutKind, detect_layout
 from agentrt.cgroups._shim import SHIM_JOIN_FAILED, python_shim_argv, shim_argv
 
@@ -94,8 +99,11 @@ __all__ = [
     "NetPolicy",
     "SessionGroup",
     "detect_layout",
+    "ebpf_parts",
+    "ebpf_probe",
     "ebpf_status",
     "loaded_programs",
+    "parse_allow",
     "python_shim_argv",
     "reap_stale",
     "runtime_id",

@@ -37,12 +37,8 @@ counts, map keys zeroed, +0.3 us per event); bpf-helpers(7) for ``bpf_send_signa
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import logging
 import os
-import platform
 import signal
 import threading
 import time
@@ -51,6 +47,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from agentrt.cgroups._ebpf_sys import (
+    TRACEFS,
+    ebpf_status,
+    ensure_tracefs,
+    import_bcc,
+    program_ids,
+)
 from agentrt.errors import SandboxError, SandboxUnavailable
 
 __all__ = [
@@ -61,11 +64,6 @@ __all__ = [
     "Budget",
     "CallWatch",
     "EbpfCounts",
-    "EbpfStatus",
-    "ebpf_status",
-    "import_bcc",
-    "loaded_programs",
-    "program_ids",
     "shared_monitor",
 ]
 
@@ -78,9 +76,6 @@ COUNTERS = ("execs", "forks", "opens", "read_bytes", "write_bytes", "connects", 
 BUDGET_COUNTERS = ("execs", "opens", "connects", "page_faults")
 #: Prefix of every BPF program name agentrt loads (kernel names hold 15 characters).
 PROG_PREFIX = "art_"
-#: Where tracefs is mounted (BCC reads tracepoint ids there).
-TRACEFS = Path("/sys/kernel/tracing")
-DEBIAN_BCC = Path("/usr/lib/python3/dist-packages/bcc")
 
 _IDX = {name: i for i, name in enumerate(COUNTERS)}
 
@@ -158,146 +153,6 @@ _TRACEPOINTS = {
     "art_write": "syscalls:sys_exit_write", "art_pwrite": "syscalls:sys_exit_pwrite64",
     "art_writev": "syscalls:sys_exit_writev", "art_pwritev": "syscalls:sys_exit_pwritev",
 }
-
-
-# --------------------------------------------------------------------------- availability
-
-
-@dataclass(frozen=True)
-class EbpfStatus:
-    """Whether this host can run agentrt's eBPF parts, and why not.
-
-    Attributes:
-        available: BCC imports, kernel headers and tracefs are present, and this process may
-            load BPF programs (root); nothing was loaded to find out.
-        detail: one line for humans (``agentrt doctor``).
-        missing: what is missing and the command that adds it ("" when available).
-    """
-
-    available: bool
-    detail: str
-    missing: str = ""
-
-
-def import_bcc() -> Any:
-    """Import Debian's ``bcc`` module (``python3-bpfcc``), linked into this venv by scripts/setup.
-
-    Raises:
-        SandboxUnavailable: bcc is not importable (names the fix). Never ``pip install bcc``:
-            that PyPI name is an unrelated lattice library.
-    """
-    try:
-        import bcc
-
-        return bcc
-    except ImportError as exc:
-        if DEBIAN_BCC.is_dir():
-            raise SandboxUnavailable(
-                f"eBPF: Debian's bcc is at {DEBIAN_BCC} but this Python cannot import it ({exc}); "
-                "run scripts/setup (it adds a path file pointing at only that package)") from exc
-        raise SandboxUnavailable("eBPF: BCC is not installed: apt-get install -y bpfcc-tools python3-bpfcc "
-                                 "linux-headers-amd64 && scripts/setup") from exc
-
-
-def ensure_tracefs() -> None:
-    """Mount tracefs at /sys/kernel/tracing when it is absent (root only; BCC needs its ids).
-
-    Raises:
-        SandboxUnavailable: tracefs is not mounted and cannot be.
-    """
-    if (TRACEFS / "events").is_dir():
-        return
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"tracefs", str(TRACEFS).encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise SandboxUnavailable(f"eBPF: tracefs is not mounted at {TRACEFS} and mounting it failed "
-                                 f"({os.strerror(err)}): mount -t tracefs tracefs {TRACEFS}")
-    log.info("mounted tracefs at %s", TRACEFS)
-
-
-def ebpf_status() -> EbpfStatus:
-    """Check, without loading anything, the parts the eBPF monitor and network policy need."""
-    headers = Path(f"/lib/modules/{platform.release()}/build")
-    if os.geteuid() != 0:
-        return EbpfStatus(False, f"not root (uid {os.geteuid()}): loading BPF programs needs CAP_BPF "
-                                 "and CAP_SYS_ADMIN", "run agentrt as root")
-    try:
-        bcc = import_bcc()
-    except SandboxUnavailable as exc:
-        return EbpfStatus(False, str(exc).removeprefix("eBPF: "),
-                          "apt-get install -y bpfcc-tools python3-bpfcc && scripts/setup")
-    if not headers.exists():
-        return EbpfStatus(False, f"kernel headers missing at {headers} (BCC compiles probes against them)",
-                          "apt-get install -y linux-headers-amd64 && scripts/setup   (links them there)")
-    if not (TRACEFS / "events").is_dir():
-        return EbpfStatus(False, f"tracefs is not mounted at {TRACEFS}", f"mount -t tracefs tracefs {TRACEFS}")
-    return EbpfStatus(True, f"bcc {getattr(bcc, '__version__', '?')} from {Path(bcc.__file__).parent}, "
-                            f"headers at {headers} -> {os.path.realpath(headers)}")
-
-
-# --------------------------------------------------------------------------- BPF object listing
-
-_SYS_BPF = 321  # x86_64 (arch/x86/entry/syscalls/syscall_64.tbl)
-_BPF_PROG_GET_NEXT_ID, _BPF_PROG_GET_FD_BY_ID, _BPF_OBJ_GET_INFO_BY_FD = 11, 13, 15
-
-
-def _prog_info(libc: Any, fd: int) -> tuple[int, int, str] | None:
-    info = (ctypes.c_uint8 * 256)()
-    g = (ctypes.c_uint64 * 16)()
-    g[0] = fd | (ctypes.sizeof(info) << 32)  # bpf_fd (u32), info_len (u32)
-    g[1] = ctypes.addressof(info)
-    if libc.syscall(_SYS_BPF, _BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(g), ctypes.sizeof(g)) != 0:
-        return None
-    raw = bytes(info)
-    return (int.from_bytes(raw[4:8], "little"), int.from_bytes(raw[0:4], "little"),
-            raw[64:80].split(b"\0", 1)[0].decode(errors="replace"))
-
-
-def program_ids(bpf: Any) -> list[int]:
-    """Kernel ids of the programs a BCC ``BPF`` object has loaded (x86_64)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    infos = [_prog_info(libc, f.fd) for f in list(bpf.funcs.values())] if bpf is not None else []
-    return sorted(i[0] for i in infos if i is not None)
-
-
-def loaded_programs() -> list[tuple[int, int, str]]:
-    """Every BPF program loaded in the kernel now: ``[(id, prog type, name)]``.
-
-    Walks ``BPF_PROG_GET_NEXT_ID`` / ``BPF_PROG_GET_FD_BY_ID`` / ``BPF_OBJ_GET_INFO_BY_FD``
-    (bpf(2); ``struct bpf_prog_info``: type at offset 0, id at 4, name[16] at 64), as ``bpftool
-    prog show`` does. agentrt's programs are named ``art_*``.
-
-    Raises:
-        SandboxUnavailable: not x86_64, or the bpf syscall is refused (not root).
-    """
-    if platform.machine() != "x86_64":
-        raise SandboxUnavailable(f"loaded_programs: the bpf syscall number is known for x86_64 only, "
-                                 f"not {platform.machine()}")
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    out: list[tuple[int, int, str]] = []
-    start = 0
-    while True:
-        attr = (ctypes.c_uint32 * 32)()
-        attr[0] = start
-        if libc.syscall(_SYS_BPF, _BPF_PROG_GET_NEXT_ID, ctypes.byref(attr), ctypes.sizeof(attr)) != 0:
-            err = ctypes.get_errno()
-            if err == errno.ENOENT:
-                return out
-            raise SandboxUnavailable(f"bpf(BPF_PROG_GET_NEXT_ID): {os.strerror(err)}")
-        start = attr[1]
-        q = (ctypes.c_uint32 * 32)()
-        q[0] = start
-        fd = libc.syscall(_SYS_BPF, _BPF_PROG_GET_FD_BY_ID, ctypes.byref(q), ctypes.sizeof(q))
-        if fd < 0:  # unloaded between the two calls
-            continue
-        try:
-            info = _prog_info(libc, fd)
-            if info is not None:
-                out.append(info)
-        finally:
-            os.close(fd)
 
 
 # --------------------------------------------------------------------------- records
@@ -431,7 +286,7 @@ class CallWatch:
         self.exceeded: str | None = None
         self.limits = {c: b.limit for c, b in budgets.items()}
         self._final: EbpfCounts | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # a policy may close the watch from the poll thread
 
     def counts(self) -> EbpfCounts:
         """The counts now (since the watch began)."""
@@ -440,12 +295,17 @@ class CallWatch:
         return self.monitor._read(self.cgroup_id)
 
     def close(self) -> EbpfCounts:
-        """Stop watching; return the final counts. Idempotent."""
-        if self._final is None:
-            final = self.counts()
-            self.monitor._unwatch(self.cgroup_id)
-            self._final = final
-        return self._final
+        """Stop watching; return the final counts. Idempotent.
+
+        Waits for a breach being handled (the call may have died of it) so that `breaches` and
+        `exceeded` are complete when this returns.
+        """
+        with self._lock:
+            if self._final is None:
+                final = self.counts()
+                self.monitor._unwatch(self.cgroup_id)
+                self._final = final
+            return self._final
 
     def _on_breach(self, br: Breach) -> None:
         with self._lock:
@@ -458,6 +318,7 @@ class CallWatch:
             except Exception as exc:  # a broken policy must not leave the call frozen
                 log.warning("budget policy failed (%s); killing the call", exc)
                 new = None
+            self.breaches.append(br)  # recorded before acting: the call may end at once
             if new is not None and new > br.limit:
                 br.action, br.new_limit = "raised", new
                 self.limits[br.counter] = new
@@ -473,7 +334,6 @@ class CallWatch:
                     self.call.kill()
                 else:  # a bare cgroup id: only the stopped task is known
                     _signal(br.pid, signal.SIGKILL)
-            self.breaches.append(br)
 
     def _freeze(self, br: Breach) -> None:
         v2 = self.call.v2_dir if self.call is not None else None

@@ -28,14 +28,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from agentrt.cgroups._driver import CgroupDriver
-from agentrt.cgroups._ebpf import (
-    BpfMonitor,
-    Budget,
-    CallWatch,
-    ebpf_status,
-    shared_monitor,
-)
+from agentrt.cgroups._ebpf import BpfMonitor, Budget, CallWatch, shared_monitor
 from agentrt.cgroups._ebpf_net import NetAttachment, NetPolicy, shared_net_policy
+from agentrt.cgroups._ebpf_sys import ebpf_status
 from agentrt.cgroups._shim import shim_argv
 from agentrt.errors import SandboxError, SandboxUnavailable
 

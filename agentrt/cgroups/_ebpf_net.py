@@ -45,7 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrt.cgroups._ebpf import ebpf_status, ensure_tracefs, import_bcc, program_ids
+from agentrt.cgroups._ebpf_sys import (
+    ebpf_status,
+    ensure_tracefs,
+    import_bcc,
+    program_ids,
+)
 from agentrt.errors import SandboxError, SandboxUnavailable
 
 __all__ = ["NetAttachment", "NetPolicy", "parse_allow", "shared_net_policy"]

@@ -14,8 +14,7 @@ import textwrap
 
 import pytest
 
-from agentrt.cgroups import CgroupDriver, NetPolicy, ebpf_status, shim_argv
-from agentrt.cgroups._ebpf_net import parse_allow
+from agentrt.cgroups import CgroupDriver, NetPolicy, ebpf_status, parse_allow, shim_argv
 from agentrt.errors import SandboxUnavailable
 
 PY = sys.executable
