@@ -61,9 +61,9 @@ from agentrt.cgroups import (
     EbpfCall,
     EbpfDenied,
     SessionGroup,
+    ebpf_parts,
     shim_argv,
 )
-from agentrt.cgroups._ebpf_call import ebpf_parts
 from agentrt.errors import InvalidArguments, SandboxError, SandboxUnavailable
 from agentrt.sandbox._base import ExecTarget, Outcome, outcome_result
 from agentrt.sandbox._callable import WORKER_FILE, needed_paths, worker_request
