@@ -158,7 +158,11 @@ def score(calls: list[tuple[str, dict[str, Any]]], truth: list[dict[str, Any]],
 # -- systems ---------------------------------------------------------------------------------
 
 async def _run_system(system: str, model: Any, ex: dict[str, Any]) -> dict[str, Any]:
-    from agentrt.decoding import ParallelCallDecoder, decode_constrained, decode_standard
+    from agentrt.decoding import (
+        ParallelCallDecoder,
+        decode_constrained,
+        decode_standard,
+    )
 
     started = time.perf_counter()
     row: dict[str, Any] = {"id": ex["id"], "system": system}
@@ -182,7 +186,7 @@ async def _run_system(system: str, model: Any, ex: dict[str, Any]) -> dict[str, 
                        prompt_evaluated=result.usage.input_tokens - result.usage.cached_tokens, requests=1)
         row["correct"] = score(calls, ex["answer"], ex["functions"])
         row["calls"] = calls
-    except Exception as exc:  # a system's failure on one example is a wrong answer, recorded
+    except Exception as exc:  # noqa: BLE001 - a system's failure on one example is a wrong answer, recorded
         row.update(correct=False, error=f"{type(exc).__name__}: {exc}"[:300], tokens=None, prompt_evaluated=None)
     row["wall_s"] = time.perf_counter() - started
     row["n_truth_calls"] = len(ex["answer"])

@@ -19,7 +19,13 @@ Baselines (also the fallback): `decode_standard` (the model writes the whole cal
 OpenAI ``tools`` field) and `decode_constrained` (the whole answer constrained by a JSON Schema).
 """
 
-from agentrt.decoding._decoder import BranchRecord, DecodeResult, DecodeStats, ParallelCallDecoder, branch_schema
+from agentrt.decoding._decoder import (
+    BranchRecord,
+    DecodeResult,
+    DecodeStats,
+    ParallelCallDecoder,
+    branch_schema,
+)
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion, native_root
 from agentrt.decoding._standard import (
     StandardResult,

@@ -34,11 +34,16 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import anyio
 
-from agentrt.decoding._grammar import VALUE_ENDS, name_grammar, optional_tail_grammar, value_grammar
+from agentrt.decoding._grammar import (
+    VALUE_ENDS,
+    name_grammar,
+    optional_tail_grammar,
+    value_grammar,
+)
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion
 from agentrt.decoding._standard import decode_standard, wire_tools
 from agentrt.decoding._template import CallSyntax, derive_call_syntax, probe_messages
@@ -242,7 +247,7 @@ class ParallelCallDecoder:
     async def aclose(self) -> None:
         await self.endpoint.aclose()
 
-    async def __aenter__(self) -> ParallelCallDecoder:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -404,7 +409,7 @@ class ParallelCallDecoder:
                     raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
                                         f"before its value ended: {r.content[:120]!r}")
                 values[key] = _parse_value(r.content, label)
-            except Exception as exc:  # collected: every failing branch is named in one error
+            except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
 
         async with anyio.create_task_group() as tg:

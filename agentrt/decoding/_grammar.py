@@ -13,7 +13,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["lark_string", "name_grammar", "optional_tail_grammar", "value_grammar", "VALUE_ENDS"]
+__all__ = ["VALUE_ENDS", "lark_string", "name_grammar", "optional_tail_grammar", "value_grammar"]
 
 _HEADER = "%llguidance {}\n"
 #: What may follow an argument value in a JSON object written by a chat template.

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Self
 
 import httpx2
 
@@ -33,7 +33,7 @@ __all__ = ["LlamaCppEndpoint", "RawCompletion", "native_root"]
 def native_root(base_url: str) -> str:
     """The server root for llama.cpp's native endpoints: ``base_url`` without a trailing ``/v1``."""
     url = base_url.rstrip("/")
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+    return url.removesuffix("/v1")
 
 
 @dataclass
@@ -76,7 +76,7 @@ class LlamaCppEndpoint:
         self.timeout = timeout
         self._client: httpx2.AsyncClient | None = None
 
-    async def __aenter__(self) -> LlamaCppEndpoint:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -21,7 +21,7 @@ from agentrt.llm import ChatModel, Completion, ToolCall, Usage
 
 __all__ = ["StandardResult", "decode_constrained", "decode_standard", "parse_calls_text", "wire_tools"]
 
-_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
+_TOOL_CALL_BLOCK = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.DOTALL)
 
 
 @dataclass

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 SYSTEM = "<|im_start|>system\nYou may call functions.\n<tools>\n{tools}\n</tools><|im_end|>\n"
 
@@ -68,7 +68,7 @@ class FakeServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> FakeServer:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
@@ -94,11 +94,10 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
-    def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         s = self.script
         if self.path == "/v1/chat/completions":
-            name, args = s.calls[0]
             text = "".join(f'<tool_call>\n{{"name": "{n}", "arguments": {json.dumps(a)}}}\n</tool_call>'
                            for n, a in s.calls)
             self._send(200, {"choices": [{"index": 0, "finish_reason": "stop",

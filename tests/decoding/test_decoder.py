@@ -7,12 +7,12 @@ import logging
 import re
 
 import pytest
+from _fake_llamacpp import FakeServer, Script, render
 
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
 from agentrt.decoding._grammar import name_grammar, optional_tail_grammar, value_grammar
 from agentrt.errors import DecodingError
 from agentrt.tools import tool
-from _fake_llamacpp import FakeServer, Script, render
 
 pytestmark = pytest.mark.anyio
 

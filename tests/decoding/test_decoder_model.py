@@ -1,0 +1,56 @@
+"""ParallelCallDecoder on the real local model (llama.cpp through xllamacpp). Few and short."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from agentrt.decoding import ParallelCallDecoder
+from agentrt.llm import OpenAIChatModel
+
+pytestmark = [pytest.mark.anyio, pytest.mark.model]
+
+WEATHER = {"name": "weather.get", "description": "Current weather of a city",
+           "parameters": {"type": "object", "properties": {
+               "city": {"type": "string"}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+               "days": {"type": "integer", "minimum": 1, "maximum": 7}}, "required": ["city", "unit"]}}
+PLACE = {"name": "geo.lookup", "description": "Coordinates and tags of a place",
+         "parameters": {"type": "object", "properties": {
+             "where": {"type": "object", "properties": {"name": {"type": "string"},
+                                                        "tags": {"type": "array", "items": {"type": "string"}}},
+                       "required": ["name", "tags"]}}, "required": ["where"]}}
+
+
+async def test_real_model_name_is_a_known_tool_and_arguments_validate(decoding_base_url: str) -> None:
+    async with (OpenAIChatModel(decoding_base_url, "local") as model,
+                ParallelCallDecoder(model, [WEATHER, PLACE], max_calls=2) as decoder):
+        assert await decoder.supports_parallel() is None
+        # the question asks for a tool that does not exist: the name must still be a known one
+        result = await decoder.decode_turn([{"role": "user", "content":
+                                             "Send an e-mail to Bob about the weather in Oslo, in celsius."}])
+    assert result.mode == "parallel" and result.calls
+    for call in result.calls:
+        assert call.name in {"weather.get", "geo.lookup"}
+        args = json.loads(call.arguments)
+        assert isinstance(args, dict)
+        if call.name == "weather.get":
+            assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["city"], str)
+        else:
+            assert isinstance(args["where"]["tags"], list)
+    # the skeleton is not decoded: far fewer tokens than the call's text
+    text = sum(len(c.name) + len(c.arguments) for c in result.calls)
+    assert result.stats.tokens_decoded < text / 2
+    # pinned branches continue the prompt already in their slot
+    branches = [b for b in result.stats.branches if b.label.startswith("arg:")]
+    assert any(b.cache_n > 10 * max(1, b.prompt_n) for b in branches), branches
+
+
+async def test_real_model_branches_overlap_and_decode_nested_values(decoding_base_url: str) -> None:
+    async with (OpenAIChatModel(decoding_base_url, "local") as model,
+                ParallelCallDecoder(model, [PLACE, WEATHER], slots="spread", max_calls=1) as decoder):
+        args, stats = await decoder.decode_arguments(
+            "weather.get", [{"role": "user", "content": "Weather in Paris, in fahrenheit, for 3 days."}])
+    assert args["unit"] == "fahrenheit" and "paris" in args["city"].lower()
+    city, unit = (next(b for b in stats.branches if b.label == f"arg:{k}") for k in ("city", "unit"))
+    assert city.started < unit.ended and unit.started < city.ended
