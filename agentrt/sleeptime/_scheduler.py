@@ -13,7 +13,7 @@ Triggers (completed runs are counted when ``query()`` exits, never mid-run: Lett
   moment;
 * a run completed and no query came for ``idle_after_s``: ``consolidate`` the runs since the last one;
 * maintenance is due (the store's exact buffer needs folding into the index, or
-  ``maintain_every_forgets`` events were forgotten, or :meth:`request_maintenance`): ``maintain``.
+  ``maintain_every_forgets`` facts were superseded, or :meth:`request_maintenance`): ``maintain``.
 
 "Idle" means no query has been active for ``min_idle_s`` (a debounce, so back-to-back queries of
 one conversation are not interleaved with sleep-time LLM calls).
@@ -85,7 +85,9 @@ class SleepTimeScheduler:
             means unlimited (each job still has ``job_budget``). Anticipate jobs get shares of
             what is left by :func:`allocate_tokens` (expected queries x predictability).
         threshold: cosine threshold of :meth:`match` (calibrate it: :func:`calibrate_threshold`).
-        maintain_every_forgets: forgotten events after which a ``maintain`` job is queued.
+        maintain_every_forgets: facts superseded (forgotten) by consolidation after which a
+            ``maintain`` job is queued; one is also queued whenever the store's exact buffer is
+            due to be folded into the ANN index (``store.index.needs_compaction()``).
         tracer: where job spans go (default: ``agentrt.tracing.get_tracer()``).
         on_progress: called with short progress lines (e.g. the CLI's console).
 
@@ -123,7 +125,7 @@ class SleepTimeScheduler:
         self._active = 0
         self._last_query_end: float | None = None
         self._runs_since_consolidate = 0
-        self._forgets_seen = 0
+        self._forgets_since_maintain = 0
         self._current: anyio.CancelScope | None = None
         self._current_key: str | None = None
         self._wake = anyio.Event()
@@ -188,7 +190,6 @@ class SleepTimeScheduler:
             return
         self._seq += 1
         self._pending[job.key] = _Pending(job, budget or self.job_budget, not_before, seq=self._seq)
-        self._idle = anyio.Event() if self._idle.is_set() else self._idle
         self._wake.set()
 
     # ---- test time -------------------------------------------------------------------------------
@@ -229,9 +230,11 @@ class SleepTimeScheduler:
                 self._enqueue(Consolidate(), None, not_before=due)
             elif pend.state.status == "pending":
                 pend.not_before = max(pend.not_before, due)
-        forgets = getattr(self.store, "_forgets", 0)
-        if self.store.index.needs_compaction() or forgets - self._forgets_seen >= self.maintain_every_forgets:
-            self._forgets_seen = forgets
+        self._maintenance_check()
+
+    def _maintenance_check(self) -> None:
+        if self.store.index.needs_compaction() or self._forgets_since_maintain >= self.maintain_every_forgets:
+            self._forgets_since_maintain = 0
             self._enqueue(Maintain(), None, not_before=time.monotonic() + self.idle_after_s)
 
     def learned_context(self, question: str | None = None, *, context_id: str | None = None) -> str:
@@ -251,12 +254,17 @@ class SleepTimeScheduler:
         """A job attempt is running now."""
         return self._current is not None
 
-    async def wait_idle(self) -> None:
-        """Return when no job is pending or running (every queued job finished or gave up)."""
-        while self._pending or self._current is not None:
-            await self._idle.wait()
-            if self._pending or self._current is not None:
+    async def wait_idle(self, *, include_scheduled: bool = False) -> None:
+        """Return when no job is running and none is due now (with ``include_scheduled``: none
+        is pending at all, so also wait for jobs scheduled later, e.g. an idle consolidation)."""
+        while True:
+            now = time.monotonic()
+            pending = [p for p in self._pending.values() if include_scheduled or p.not_before <= now]
+            if self._current is None and not pending:
+                return
+            if self._idle.is_set():
                 self._idle = anyio.Event()
+            await self._idle.wait()
 
     def status(self) -> dict:
         """Pending jobs, finished attempts, contexts and their stats, tokens spent."""
@@ -296,11 +304,9 @@ class SleepTimeScheduler:
             pend = self._ready(now)
             if pend is not None:
                 await self._attempt(pend)
-                if not self._pending and self._current is None:
-                    self._idle.set()
+                self._idle.set()  # wait_idle callers re-check
                 continue
-            if not self._pending and self._current is None:
-                self._idle.set()
+            self._idle.set()
             wait = self._next_wake(now)
             with anyio.move_on_after(wait if wait != math.inf else None):
                 await self._wake.wait()
@@ -364,6 +370,9 @@ class SleepTimeScheduler:
             return
         if job.kind == "consolidate":
             self._runs_since_consolidate = 0
+            self._forgets_since_maintain += (result or {}).get("superseded", 0)
+        if job.kind != "maintain" and state.status == "done":
+            self._maintenance_check()
         self._pending.pop(job.key, None)
         self.history.append({"key": job.key, "kind": job.kind, "status": state.status, "error": state.error,
                              "tokens": state.tokens, "input_tokens": state.input_tokens,

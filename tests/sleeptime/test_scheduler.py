@@ -188,7 +188,7 @@ async def test_idle_after_a_run_triggers_consolidation_and_a_new_query_postpones
         await anyio.sleep(0.2)
         assert model.calls == []                                    # 0.2 s after the last run: not idle yet
         with anyio.fail_after(5):
-            await sleep.wait_idle()
+            await sleep.wait_idle(include_scheduled=True)
     assert model.steps() == ["consolidate"]
 
 
