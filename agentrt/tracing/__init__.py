@@ -143,7 +143,8 @@ def set_tracer(tracer: Tracer | None) -> None:
 def record_tool_result(span: Span, usage: Any, *, ok: bool = True, error_kind: Any = None,
                        end_ns: int | None = None) -> None:
     """Copy a `ToolUsage` (duck-typed: wall_seconds, cpu_seconds, memory_peak_bytes, exit_status,
-    oom_killed, timed_out) onto a tool span, add its ``estimated:cpu-tdp`` energy when CPU seconds
+    oom_killed, timed_out, plus its scalar extra fields as ``agentrt.usage.<name>``, e.g. the
+    eBPF counters and admission-control decisions) onto a tool span, add its ``estimated:cpu-tdp`` energy when CPU seconds
     are known and no energy was recorded, and end the span."""
     a = span.attributes
     cpu = getattr(usage, "cpu_seconds", None)
@@ -160,6 +161,10 @@ def record_tool_result(span: Span, usage: Any, *, ok: bool = True, error_kind: A
         a[semconv.OOM_KILLED] = True
     if getattr(usage, "timed_out", False):
         a[semconv.TIMED_OUT] = True
+    # what the sandbox, admission control and eBPF add (ToolUsage extras): agentrt.usage.<name>
+    for key, value in (getattr(usage, "model_extra", None) or {}).items():
+        if isinstance(value, (bool, int, float, str)):
+            a[f"agentrt.usage.{key}"] = value
     if cpu is not None and semconv.ENERGY_JOULES not in a:
         e = energy_for_cpu_seconds(float(cpu), memory_bytes=int(mem or 0), wall_seconds=wall)
         span.record_energy(e.joules, e.method)

@@ -80,3 +80,22 @@ async def test_an_agent_context_keeps_one_sandbox_session_across_runs() -> None:
         b = await agent.run("q")
         assert agent._backend is backend
     assert a.results[1].ok and b.results[1].ok and agent._backend is None
+
+
+@needs_sandbox
+async def test_a_sandboxed_calls_usage_reaches_its_trace_span(tmp_path) -> None:
+    from agentrt.tracing import TraceStore
+
+    store = TraceStore(tmp_path / "t.sqlite")
+    plan = ['1. python(code="print(1)")\n2. join()']
+    try:
+        res = await Agent(ScriptedModel([plan], [ANSWER]), [python], tracing=store.tracer(), memory=False).run("q")
+        store.flush()
+        span = next(s for s in store.spans(res.trace_id) if s.operation == "execute_tool")
+    finally:
+        store.close()
+    usage = res.results[1].usage
+    attrs = span.attributes
+    assert attrs["agentrt.usage.pids_peak"] == usage.model_extra["pids_peak"]
+    if "ebpf_execs" in usage.model_extra:  # where eBPF works, its counters are on the span
+        assert attrs["agentrt.usage.ebpf_execs"] == usage.model_extra["ebpf_execs"] >= 1
