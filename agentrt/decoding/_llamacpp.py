@@ -114,18 +114,33 @@ class LlamaCppEndpoint:
         return data
 
     async def supports_raw_prompts(self) -> str | None:
-        """Probe ``/apply-template`` and ``/completion``; None when both work, else why not (a sentence)."""
+        """Probe ``/apply-template`` and ``GET /props``; None when both answer as llama.cpp's server
+        does, else why not (a sentence). Neither request occupies a slot or evicts its cache."""
         try:
             templ = await self._post("/apply-template", {"messages": [{"role": "user", "content": "hi"}]})
             if not isinstance(templ.get("prompt"), str):
                 return f"{self.root}/apply-template answered without a 'prompt'"
-            done = await self._post("/completion", {"prompt": templ["prompt"], "n_predict": 0,
-                                                    "cache_prompt": True})
-            if "content" not in done or not isinstance(done.get("timings"), dict):
-                return f"{self.root}/completion answered without 'content'/'timings' (not llama.cpp's server)"
+            props = await self._get("/props")
+            if not isinstance(props.get("default_generation_settings"), dict):
+                return f"{self.root}/props lacks 'default_generation_settings' (not llama.cpp's server)"
         except ModelError as exc:
             return f"{self.root} lacks llama.cpp's native endpoints ({exc})"
         return None
+
+    async def _get(self, path: str) -> dict[str, Any]:
+        url = self.root + path
+        try:
+            response = await self._http().get(url)
+        except httpx2.HTTPError as exc:
+            raise ModelError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
+        if not response.is_success:
+            raise ModelHTTPError(f"HTTP {response.status_code} from {url}: {response.text[:300]}",
+                                 status_code=response.status_code, body=response.text[:2000])
+        try:
+            data = response.json()
+        except ValueError as exc:
+            raise ModelResponseError(f"{url} answered with invalid JSON: {response.text[:300]!r}") from exc
+        return data if isinstance(data, dict) else {}
 
     async def apply_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         """The chat template applied to ``messages`` (+ ``tools``), ending with the generation prompt.

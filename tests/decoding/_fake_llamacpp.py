@@ -94,6 +94,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(raw)
 
+    def do_GET(self) -> None:
+        if self.path == "/props" and self.script.raw:
+            self._send(200, {"default_generation_settings": {"n_ctx": 4096}, "total_slots": 4})
+        else:
+            self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
+
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         s = self.script
