@@ -50,7 +50,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,7 +111,8 @@ def find_docker_host(base_url: str | None = None) -> str | None:
 
 def _python_binds() -> list[Path]:
     """Host directories this Python and its sys.path need, outside /usr (bound read-only)."""
-    cands = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent]
+    cands = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent,
+             Path(WORKER_FILE).parent.parent.parent]  # where agentrt itself lives (an editable checkout)
     cands += [Path(p) for p in sys.path if p and os.path.isdir(p)]
     out: list[Path] = []
     for p in sorted({Path(os.path.abspath(p)) for p in cands}, key=lambda p: len(p.parts)):
@@ -202,11 +203,15 @@ def _call_limits(limits: Limits) -> CallLimits:
     return CallLimits(c.memory_max, c.memory_high, c.cpu, None if c.pids is None else c.pids + 1)
 
 
-def _find_gated(group: _ContainerGroup, marker: str, deadline: float) -> int | None:
-    """The host pid of the gated shell whose command line holds ``marker`` (polls cgroup.procs)."""
+def _find_gated(group: _ContainerGroup, marker: str, deadline: float,
+                stop: Callable[[], bool] = lambda: False) -> int | None:
+    """The host pid of the gated shell whose command line holds ``marker`` (polls cgroup.procs).
+
+    Gives up (None) at ``deadline`` or as soon as ``stop()`` is true (the exec ended or failed).
+    """
     needle = marker.encode()
     delay = 0.0005
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop():
         for pid in group.procs():
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -267,6 +272,7 @@ class DockerSandbox:
         self._seq = itertools.count(1)
         self.per_call_containers = 0
         self.warm_hits = 0
+        self._closing = False
         self._warm: list[_Pending] = []
         self._tg: Any = None
         # named by the runtime, so a later backend can remove it if this process is killed
@@ -305,8 +311,9 @@ class DockerSandbox:
             else:
                 req = worker_request(target, args)  # type: ignore[arg-type]
                 argv, feed = [sys.executable, "-s", WORKER_FILE], json.dumps(req).encode()
+                # / and /tmp cannot be bound over the container's own root and tmpfs
                 missing = [p for p in needed_paths(req) + [Path(WORKER_FILE).parent]
-                           if not str(p).startswith("/usr")
+                           if str(p) not in ("/", "/tmp") and not str(p).startswith("/usr")
                            and not any(p.is_relative_to(m) for m in self.backend.ro_paths)]
                 if missing:
                     limits = limits.model_copy(update={"read_only_paths": tuple(
@@ -369,7 +376,8 @@ class DockerSandbox:
 
         tg.start_soon(run)
         deadline = time.monotonic() + _FIND_TIMEOUT
-        pid = await anyio.to_thread.run_sync(_find_gated, group, marker, deadline)
+        pid = await anyio.to_thread.run_sync(_find_gated, group, marker, deadline,
+                                             lambda: p.done.is_set() or self._closing)
         if pid is None:
             call.kill()
             raise SandboxError(f"the gated process did not appear in the container's cgroup within "
@@ -453,6 +461,11 @@ class DockerSandbox:
         try:
             p = await self._launch(seq, ["/bin/sh", "-c", _WAITER, f"{GATE}/call-{seq}.fifo"], call,
                                    self.session, self.container, tg)
+        except SandboxError:
+            await self._close_call(call, seq)
+            if self._closing:  # the session ended while this one was being started
+                return
+            raise
         except BaseException:
             await self._close_call(call, seq)
             raise
@@ -539,7 +552,7 @@ class DockerSandbox:
         """Kill the session's calls, remove its containers and gate directory. Idempotent."""
         if self._closed:
             return
-        self._closed = True
+        self._closed = self._closing = True
         session = getattr(self, "session", None)
         if session is not None:
             session.close()
@@ -556,6 +569,7 @@ class DockerSandbox:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._closing = True
         tg, self._tg = self._tg, None
         warm, self._warm = self._warm, []
         for p in warm:  # their execs end once their shells are killed

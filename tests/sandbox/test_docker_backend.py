@@ -287,3 +287,20 @@ async def test_prewarmed_execs_keep_their_limits_and_leave_nothing(docker_backen
     assert slow.error_kind == "timeout"
     assert docker_backend.client.containers.list(all=True, filters={"id": cid}) == []
     assert not any(d.exists() for d in dirs) and not sb.gate_dir.exists()
+
+
+async def test_plan_runs_in_the_container_through_the_scheduler_with_admission(docker_backend):
+    from agentrt.executor import AdmissionController, SandboxedBackend, Scheduler, Task
+    from agentrt.tools import ToolRegistry
+    from agentrt.tools.builtin import python, shell
+
+    reg = ToolRegistry([python, shell])
+    tasks = [Task(id=1, tool="shell", args={"command": "echo $((6 * 7))"}),
+             Task(id=2, tool="python", args={"code": "print($1['stdout'].strip() + '!')"})]
+    async with SandboxedBackend(docker_backend, admission=AdmissionController(budget=2 * 2**30)) as be:
+        results = await Scheduler(reg, backend=be).run(tasks)
+    assert results[1].ok and results[1].value["stdout"] == "42\n", results[1]
+    assert results[2].ok and results[2].value["stdout"].strip() == "42!", results[2]
+    for r in results.values():
+        assert r.usage.model_extra["backend"] == "docker"
+        assert r.usage.model_extra["admission_budget_bytes"] == 2 * 2**30
