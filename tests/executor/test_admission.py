@@ -213,3 +213,38 @@ async def test_sandboxed_call_over_the_whole_budget_is_denied_not_hung(ns):
         with anyio.fail_after(5):
             r = await be.submit(Task(id=1, tool="hold", args={}), t, {"first_mib": 1, "pause": 0}, t.limits)
     assert r.error_kind == "denied" and "exceeds the whole admission budget" in r.error
+
+
+async def test_prewarmed_sandboxes_are_attached_to_their_grant_and_throttled():
+    import sys
+
+    from agentrt.executor import observe_session
+    from agentrt.sandbox import NamespaceBackend
+
+    try:
+        backend = NamespaceBackend(prewarm=2)
+    except SandboxUnavailable as exc:
+        pytest.skip(f"namespace sandbox unavailable here: {exc}")
+    ctl = AdmissionController(budget=256 * MiB)
+    sb = backend.start("admission-warm")
+    assert observe_session(sb)
+    out: dict[str, object] = {}
+
+    async def call(name: str, memory: str, burst: float, code: str, delay: float) -> None:
+        await anyio.sleep(delay)
+        lim = Limits(memory=memory, memory_burst=burst, timeout=30)
+        async with ctl.reserve(lim, name) as g:
+            r = await sb.exec([sys.executable, "-S", "-c", code], g.limits_for(lim))
+            out[name] = (g.call is not None, ctl.finish(g, r, lim))
+
+    async with sb:
+        with anyio.fail_after(10):
+            while sb.prewarmed < 2:
+                await anyio.sleep(0.05)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "a", "64M", 3.0, "import time; a = bytearray(32 << 20); time.sleep(2)", 0)
+            tg.start_soon(call, "b", "160M", 1.0, "import time; b = bytearray(50 << 20); time.sleep(0.3)", 0.6)
+    assert sb.warm_hits == 2  # both calls ran in sandboxes built ahead
+    (a_seen, ra), (b_seen, rb) = out["a"], out["b"]
+    assert a_seen and b_seen and ra.ok and rb.ok, (ra.error, rb.error)
+    assert ra.usage.admission_throttles >= 1 and ra.usage.admission_bursts >= 1
