@@ -235,10 +235,15 @@ def _socket_answers(path: str) -> bool:
 
 
 def check_container_engine() -> Check:
+    from agentrt.config import get_settings
+
     candidates: list[str] = []
-    host = os.environ.get("DOCKER_HOST", "")
-    if host.startswith("unix://"):
-        candidates.append(host.removeprefix("unix://"))
+    settings = get_settings()
+    for host in (settings.docker_host or "", os.environ.get("DOCKER_HOST", "")):
+        if host.startswith("unix://"):
+            candidates.append(host.removeprefix("unix://"))
+    # the socket scripts/podman-service starts (the container backend looks there too)
+    candidates.append(str(settings.data_dir / "podman" / "podman.sock"))
     runtime = os.environ.get("XDG_RUNTIME_DIR")
     if runtime:
         candidates.append(f"{runtime}/podman/podman.sock")
@@ -249,8 +254,7 @@ def check_container_engine() -> Check:
     podman, docker = shutil.which("podman"), shutil.which("docker")
     if podman:
         return Check("container engine", MISSING, f"{podman} is installed but no API socket answers",
-                     "podman system service --time=0 unix:///run/podman/podman.sock & "
-                     "export DOCKER_HOST=unix:///run/podman/podman.sock")
+                     "scripts/podman-service start")
     detail = f"no Docker API socket answers{f' ({docker} is installed, its daemon is not running)' if docker else ''}"
     return Check("container engine", MISSING, detail,
                  "apt-get install -y podman && podman system service --time=0 "
