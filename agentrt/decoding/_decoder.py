@@ -282,6 +282,9 @@ class ParallelCallDecoder:
     async def decode_turn(self, messages: Sequence[dict[str, Any]]) -> DecodeResult:
         """Decode the next assistant turn's tool calls (one or more) after ``messages``.
 
+        The turn is decoded as a tool-calling turn (OpenAI ``tool_choice="required"``): at least one
+        call is made; whether the turn should answer in text instead is the caller's decision.
+
         Returns:
             `DecodeResult` with the calls (arguments validated), the mode and the cost.
 
