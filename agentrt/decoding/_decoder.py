@@ -25,6 +25,11 @@ evaluate 2-3 tokens each. ``slots="pinned"`` (default) pins every request of a c
 the prompt is evaluated once, the branches queue on the slot. ``slots="spread"`` lets the server
 place branches on any free slot: they decode concurrently (batched) but each new slot evaluates the
 prompt again - worth it only where prompt evaluation is cheap against decoding (a GPU server).
+``slots="auto"`` pins nothing: the server picks an idle slot for each request, preferring the one
+whose cache shares the longest prefix (llama.cpp ``slot_prompt_similarity``). On a server shared
+with other clients a pinned request waits for whatever another client runs in that slot (minutes
+for a long generation at ~1 tok/s, seen in the BFCL bench here), while ``auto`` re-evaluates the
+prompt on another slot instead.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ __all__ = ["BranchRecord", "DecodeResult", "DecodeStats", "ParallelCallDecoder",
 
 log = logging.getLogger(__name__)
 
-Slots = Literal["pinned", "spread"]
+Slots = Literal["pinned", "spread", "auto"]
 #: JSON Schema keywords passed to the value grammar; annotations (description, title, default,
 #: examples, BFCL's "optional") are dropped: they do not constrain and some grammars reject them.
 _SCHEMA_KEYS = {"type", "properties", "required", "items", "prefixItems", "enum", "const", "anyOf", "oneOf",
@@ -213,7 +218,8 @@ class ParallelCallDecoder:
         model: an `OpenAIChatModel` (its ``base_url``), or an OpenAI base URL (``http://h:p/v1``).
         tools: `Tool` objects or OpenAI function specs (``{"type": "function", "function": {...}}``
             or bare ``{"name", "description", "parameters"}``). Names may contain dots.
-        slots: ``"pinned"`` or ``"spread"`` (see the module doc: prefix reuse vs concurrency).
+        slots: ``"pinned"``, ``"spread"`` or ``"auto"`` (see the module doc: prefix reuse vs
+            concurrency vs waiting behind other users of a shared server).
         max_calls: most calls decoded in one turn.
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
@@ -234,8 +240,8 @@ class ParallelCallDecoder:
         self.specs = {s.name: s for s in map(_spec, tools)}
         if not self.specs:
             raise ValueError("ParallelCallDecoder needs at least one tool")
-        if slots not in ("pinned", "spread"):
-            raise ValueError(f"slots must be 'pinned' or 'spread', not {slots!r}")
+        if slots not in ("pinned", "spread", "auto"):
+            raise ValueError(f"slots must be 'pinned', 'spread' or 'auto', not {slots!r}")
         self.slots = slots
         self.max_calls = max_calls
         self.max_value_tokens = max_value_tokens
@@ -306,6 +312,8 @@ class ParallelCallDecoder:
         slot: int | None = None
         for index in range(self.max_calls):
             name, slot = await self._decode_name(head, index, slot, stats)
+            if self.slots == "auto":
+                slot = None
             spec = self.specs[name]
             args = await self._decode_args(spec, head + syntax.before_name + name + syntax.after_name,
                                            {}, slot, stats, f"#{index}")

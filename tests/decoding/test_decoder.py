@@ -209,3 +209,14 @@ async def test_a_repeated_call_ends_the_turn() -> None:
         async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
             calls = await decoder.decode(ASK)
     assert len(calls) == 1
+
+
+async def test_auto_slots_pin_nothing() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius", "days": 2})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER], slots="auto") as decoder:
+            calls = await decoder.decode(ASK)
+        with pytest.raises(ValueError, match="slots must be"):
+            ParallelCallDecoder(server.base_url, [WEATHER], slots="anywhere")  # type: ignore[arg-type]
+    assert json.loads(calls[0].arguments)["days"] == 2
+    assert len(completions(script)) == 5 and all("id_slot" not in e["body"] for e in completions(script))
