@@ -31,11 +31,14 @@ __all__ = [
     "learned_label",
 ]
 
-#: Cosine similarity (all-MiniLM-L6-v2) above which a query is served from a predicted
-#: question's precomputed answer when no calibration was run. Deliberately high: on the
-#: bench's LoCoMo and GSM8K predictions (results/sleeptime.json, "calibration") rewordings of
-#: the same question scored 0.75-0.95 while different questions about the same context reached
-#: 0.8, so only near-verbatim matches are safe without calibrating on the deployment's own data.
+#: Cosine similarity (the store's embedder; all-MiniLM-L6-v2 by default) above which a query is
+#: served from a predicted question's precomputed answer when no calibration was run: only
+#: near-verbatim repeats of a predicted question. It is a conservative prior, not a measured
+#: optimum: a wrong served answer costs more than a computed one, and two different questions
+#: about the same context can be very similar in embedding space (e.g. "How much does she earn a
+#: day?" vs "How much does she spend a day?"). Calibrate on the deployment's own (query, best
+#: prediction, answer correct?) triples with :func:`calibrate_threshold`; the bench does so
+#: (results/sleeptime.json, ``calibration``).
 DEFAULT_MATCH_THRESHOLD = 0.95
 FACTS_BLOCK = "sleeptime/facts"
 
