@@ -223,7 +223,9 @@ class ParallelCallDecoder:
         max_calls: most calls decoded in one turn.
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
-        timeout: seconds one request may take.
+        timeout: seconds one request may take, queueing included: llama.cpp answers a
+            ``/completion`` only when done, and on a server whose slots are all busy a request
+            waits for a free one (over 300 s seen here behind other clients' long generations).
 
     Needs llama.cpp's native ``/apply-template`` and ``/completion`` (llama.cpp server, the local
     engine). Elsewhere (vLLM, OpenAI...) `decode` falls back to ordinary tool-call decoding through
@@ -232,7 +234,7 @@ class ParallelCallDecoder:
 
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
-                 model_name: str | None = None, timeout: float = 300.0) -> None:
+                 model_name: str | None = None, timeout: float = 900.0) -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:

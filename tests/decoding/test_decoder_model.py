@@ -47,10 +47,16 @@ async def test_real_model_name_is_a_known_tool_and_arguments_validate(decoding_b
 
 
 async def test_real_model_branches_overlap_and_decode_nested_values(decoding_base_url: str) -> None:
+    pin = {"name": "map.pin", "description": "Pin a place on the map with a note",
+           "parameters": {"type": "object", "properties": {
+               "where": PLACE["parameters"]["properties"]["where"], "note": {"type": "string"}},
+               "required": ["where", "note"]}}
     async with (OpenAIChatModel(decoding_base_url, "local") as model,
-                ParallelCallDecoder(model, [PLACE, WEATHER], slots="spread", max_calls=1) as decoder):
-        args, stats = await decoder.decode_arguments(
-            "weather.get", [{"role": "user", "content": "Weather in Paris, in fahrenheit, for 3 days."}])
-    assert args["unit"] == "fahrenheit" and "paris" in args["city"].lower()
-    city, unit = (next(b for b in stats.branches if b.label == f"arg:{k}") for k in ("city", "unit"))
-    assert city.started < unit.ended and unit.started < city.ended
+                ParallelCallDecoder(model, [pin], slots="spread", max_calls=1) as decoder):
+        args, stats = await decoder.decode_arguments("map.pin", [{"role": "user", "content":
+            'Pin the Eiffel Tower with the tags landmark and tower, note: meet at "noon" - café après'}])
+    assert isinstance(args["where"]["name"], str) and args["where"]["name"]
+    assert isinstance(args["where"]["tags"], list) and all(isinstance(t, str) for t in args["where"]["tags"])
+    assert isinstance(args["note"], str) and args["note"]
+    where, note = (next(b for b in stats.branches if b.label == f"arg:{k}") for k in ("where", "note"))
+    assert where.started < note.ended and note.started < where.ended
