@@ -61,6 +61,12 @@ def _configure(args: argparse.Namespace):  # -> xllamacpp.CommonParams
     params.kv_unified = True
     params.cont_batching = True
     params.cache_prompt = True  # reuse a slot's KV for a common prompt prefix
+    # No RAM-backed cross-slot prompt cache: under concurrent requests it can restore an
+    # unrelated finished conversation into a fresh slot, and the model then answers that one
+    # (llama.cpp issue #27148; seen here as answers about the weather to a question about
+    # arithmetic while other clients shared the engine). A slot's own prefix cache stays on.
+    params.cache_ram_mib = 0
+    params.cache_idle_slots = False
     params.cpuparams.n_threads = args.threads
     params.cpuparams_batch.n_threads = args.threads
     params.endpoint_metrics = True
