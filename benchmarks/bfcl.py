@@ -160,7 +160,7 @@ def score(calls: list[tuple[str, dict[str, Any]]], truth: list[dict[str, Any]],
 
 # -- systems ---------------------------------------------------------------------------------
 
-async def _run_system(system: str, model: Any, ex: dict[str, Any]) -> dict[str, Any]:
+async def _run_system(system: str, model: Any, ex: dict[str, Any], slots: str = "pinned") -> dict[str, Any]:
     from agentrt.decoding import (
         ParallelCallDecoder,
         decode_constrained,
@@ -171,7 +171,7 @@ async def _run_system(system: str, model: Any, ex: dict[str, Any]) -> dict[str, 
     row: dict[str, Any] = {"id": ex["id"], "system": system}
     try:
         if system == "parallel":
-            async with ParallelCallDecoder(model, ex["functions"]) as decoder:
+            async with ParallelCallDecoder(model, ex["functions"], slots=slots) as decoder:  # type: ignore[arg-type]
                 result = await decoder.decode_turn(ex["messages"])
             calls = [(c.name, json.loads(c.arguments)) for c in result.calls]
             row.update(tokens=result.stats.tokens_decoded, prompt_evaluated=result.stats.prompt_tokens_evaluated,
@@ -223,6 +223,7 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
 
     progress = config.get("progress") or (lambda m: None)
     limit = int(config.get("limit") or 2)
+    slots = str(config.get("slots") or "pinned")  # --set slots=auto on a server shared with others
     settings = get_settings()
     data_dir = Path(config.get("bfcl_dir") or settings.data_dir / "bfcl")
     data = load(data_dir, limit)
@@ -236,7 +237,7 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
                 order = SYSTEMS[k % 3:] + SYSTEMS[:k % 3]
                 k += 1
                 for system in order:
-                    row = await _run_system(system, model, ex)
+                    row = await _run_system(system, model, ex, slots)
                     row["category"] = cat
                     rows.append(row)
                     progress(f"{cat} {ex['id']} {system}: {'ok ' if row['correct'] else 'bad'} "
@@ -271,7 +272,7 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
         "bench": "bfcl",
         "config": {"limit_per_category": limit, "categories": CATEGORIES, "data": f"bfcl-eval=={WHEEL_VERSION} wheel "
                    "(pip download --no-deps, read as a zip)", "endpoint": base_url, "decoding": "greedy",
-                   "order": "systems rotated per example", "baseline_max_tokens": BASELINE_MAX_TOKENS, "why_limit": "the shared 2-core engine decodes 1-14 tok/s "
+                   "order": "systems rotated per example", "parallel_slots": slots, "baseline_max_tokens": BASELINE_MAX_TOKENS, "why_limit": "the shared 2-core engine decodes 1-14 tok/s "
                    "depending on other users; 2 per category x 3 systems keeps the run near 15-25 minutes there"},
         "systems": systems,
         "rows": rows,
