@@ -24,7 +24,7 @@ from agentrt.executor import (
 )
 from agentrt.llm import ChatModel, Usage
 from agentrt.planner import CompilerResult, LLMCompiler, PlanExample, UsageLimits
-from agentrt.tools import Tool, ToolRegistry, ToolResult
+from agentrt.tools import Tool, ToolRegistry, ToolResult, tool
 from agentrt.tracing import Tracer, get_tracer
 
 __all__ = ["Agent", "RunFinished", "RunResult", "RunStream"]
@@ -98,7 +98,8 @@ class Agent:
         model: a `ChatModel`; ``None`` uses the settings: ``base_url`` if set, else the embedded
             local engine (started on first use and stopped by `aclose`, or at the end of
             `run_sync`).
-        tools: the tools (or a `ToolRegistry`).
+        tools: the tools (`Tool` objects or plain functions, made tools with `tool`), or a
+            `ToolRegistry`.
         examples: worked plan examples for the planner prompt.
         max_rounds: plan/join rounds before a partial answer.
         max_concurrency: cap on concurrent tool calls.
@@ -137,7 +138,7 @@ class Agent:
     def __init__(
         self,
         model: ChatModel | None = None,
-        tools: Sequence[Tool] | ToolRegistry = (),
+        tools: Sequence[Tool | Callable[..., Any]] | ToolRegistry = (),
         *,
         examples: Sequence[PlanExample] = (),
         max_rounds: int = 3,
@@ -155,7 +156,8 @@ class Agent:
         memory_threshold: float = 0.8,
     ) -> None:
         self.settings = settings or get_settings()
-        self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(tools)
+        self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(
+            [t if isinstance(t, Tool) else tool(t) for t in tools])  # plain functions welcome
         self.examples = list(examples)
         self.max_rounds = max_rounds
         self.max_concurrency = max_concurrency
@@ -204,6 +206,8 @@ class Agent:
             UsageLimitExceeded: a usage limit was reached; ``partial`` is the `RunResult` so far
                 (finished tool results kept, running calls cancelled, ``partial=True``).
         """
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("the question is empty")
         return await self._run(question, usage_limits, self.on_event)
 
     async def _run(self, question: str, usage_limits: UsageLimits | None,

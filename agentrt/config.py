@@ -100,6 +100,7 @@ class Settings(BaseSettings):
     default_cpu: float = Field(1.0, gt=0)
     default_pids: int = Field(64, ge=1)
     default_timeout: float = Field(60.0, gt=0)
+    trace_path: Path | None = Field(None, description="Trace store (SQLite); None means <data dir>/traces.sqlite.")
     docker_host: str | None = Field(None, description="Docker Engine API URL for the container sandbox "
                                     "backend (unix:///... or tcp://...); None: $DOCKER_HOST, else the podman "
                                     "socket scripts/podman-service starts under <data dir>/podman/.")

@@ -19,7 +19,10 @@ def _traces_and_memory_in_temporary_stores(tmp_path_factory: pytest.TempPathFact
     set_tracer(store.tracer())
     # and their episodes go to a memory store of their own, embedded without a model (fast);
     # tests of the memory store itself pick their own paths and embedders
-    saved = {k: os.environ.get(k) for k in ("AGENTRT_MEMORY__PATH", "AGENTRT_MEMORY__EMBEDDER")}
+    # (in the environment too, so `agentrt ...` subprocesses of tests do the same)
+    saved = {k: os.environ.get(k) for k in ("AGENTRT_MEMORY__PATH", "AGENTRT_MEMORY__EMBEDDER",
+                                            "AGENTRT_TRACE_PATH")}
+    os.environ["AGENTRT_TRACE_PATH"] = str(store.path)
     os.environ["AGENTRT_MEMORY__PATH"] = str(tmp_path_factory.mktemp("memory") / "memory.db")
     os.environ["AGENTRT_MEMORY__EMBEDDER"] = "hashing"
     yield store

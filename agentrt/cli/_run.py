@@ -142,6 +142,8 @@ def run(
     sandbox: str = typer.Option("auto", help="Where tool calls run: auto (the namespace sandbox where it works), "
                                              "namespace, docker, or none."),
     sandbox_all: bool = typer.Option(False, "--sandbox-all", help="Run in-process tools in the sandbox too."),
+    memory: bool = typer.Option(True, "--memory/--no-memory",
+                                help="Remember this run in the episodic memory and show the planner a close past one."),
     executor: str = typer.Option("local", help="Where tool calls are executed: local (this process), or ray "
                                               "(each call a Ray task; its sandbox runs on the worker)."),
     address: str | None = typer.Option(None, "--address", help="Ray cluster for --executor ray: auto, host:port "
@@ -195,7 +197,8 @@ def run(
 
     async def go() -> Any:
         agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
-                      on_event=view.on_event, usage_limits=limits, sandbox=backend, sandbox_all=sandbox_all)
+                      on_event=view.on_event, usage_limits=limits, sandbox=backend, sandbox_all=sandbox_all,
+                      memory=memory)
         try:
             if as_json:
                 return await agent.run(question)

@@ -116,7 +116,7 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
         t.add_column(col, justify=just, no_wrap=col != "name")  # type: ignore[arg-type]
     for r in runs:
         status = {"ok": "[green]ok[/]", "error": "[red]error[/]"}.get(r.status, f"[yellow]{r.status}[/]")
-        t.add_row(r.run_id[:12], _when(r.started_ns), Text(r.name[:40]), status, _secs(r.wall_s), str(r.llm_calls),
+        t.add_row(r.run_id[:12], _when(r.started_ns), Text((r.name or "(running)")[:40]), status, _secs(r.wall_s), str(r.llm_calls),
                   str(r.tool_calls), f"{r.input_tokens}/{r.cached_tokens}/{r.output_tokens}", _usd(r.cost_usd),
                   _energy(r.energy_j, r.energy_method),
                   "-" if r.parallel_efficiency is None else f"{r.parallel_efficiency:.2f}")

@@ -151,6 +151,14 @@ class _LimitReached(Exception):
     """Raised inside a run to stop it at a usage limit; turned into `UsageLimitExceeded`."""
 
 
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one error inside task-group wrappers (``ExceptionGroup`` of a single exception), so a
+    caller's ``except ModelError`` catches a failed model call; several errors stay grouped."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _find_limit(exc: BaseException) -> _LimitReached | None:
     if isinstance(exc, _LimitReached):
         return exc
@@ -309,7 +317,7 @@ class LLMCompiler:
         except BaseException as exc:
             hit = _find_limit(exc)
             if hit is None:
-                raise
+                raise _unwrap(exc) from None
             stop = str(hit)
         res.wall_seconds = time.perf_counter() - t0
         res.critical_path = critical_path(res.tasks, res.results)

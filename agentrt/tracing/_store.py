@@ -54,10 +54,11 @@ _RUN_COLS = ("run_id", "name", "started_ns", "ended_ns", "status", "input_tokens
 
 
 def default_store_path() -> Path:
-    """``<Settings.data_dir>/traces.sqlite``."""
+    """``Settings.trace_path`` (``AGENTRT_TRACE_PATH``), else ``<Settings.data_dir>/traces.sqlite``."""
     from agentrt.config import get_settings
 
-    return get_settings().data_dir / "traces.sqlite"
+    settings = get_settings()
+    return settings.trace_path or settings.data_dir / "traces.sqlite"
 
 
 def _enrich(rec: SpanRecord) -> None:

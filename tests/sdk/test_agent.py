@@ -109,3 +109,24 @@ async def test_a_run_is_traced_with_its_llm_calls_and_tool_calls(tmp_path) -> No
     assert sum(s.attributes["gen_ai.usage.input_tokens"] for s in chats) == res.usage.input_tokens
     assert {s.attributes["agentrt.llm.role"] for s in chats} == {"planner", "joiner"}
     assert all(root.start_ns <= s.start_ns and s.end_ns <= root.end_ns for s in spans)
+
+
+async def test_a_failed_model_call_is_raised_as_itself_not_an_exception_group() -> None:
+    from agentrt.errors import ModelError
+    from agentrt.llm import OpenAIChatModel
+
+    model = OpenAIChatModel("http://127.0.0.1:9/v1", "m", max_retries=0, timeout=2)
+    with pytest.raises(ModelError):
+        await Agent(model, make_registry([]), tracing=False, memory=False).run("q")
+
+
+async def test_plain_functions_are_tools_and_an_empty_question_is_refused() -> None:
+    def add(a: int, b: int) -> int:
+        """Add two numbers."""
+        return a + b
+
+    plan = ['1. add(a=2, b=3)\n2. join()']
+    agent = Agent(ScriptedModel([plan], [ANSWER]), [add], tracing=False, memory=False)
+    assert (await agent.run("q")).results[1].value == 5
+    with pytest.raises(ValueError, match="empty"):
+        await agent.run("  ")

@@ -86,7 +86,9 @@ def test_cgroup_cpu_seconds_of_a_call_and_its_energy() -> None:
         (cg / "cgroup.procs").write_text(str(p.pid))  # move it in before it starts burning
         out, _ = p.communicate("go\n")
         used = cgroup_cpu_seconds(cg) - before
-        assert used >= float(out) - 0.01 and used == pytest.approx(float(out), abs=0.1)  # + interpreter start-up
+        # the interpreter's start-up may run before the move (its CPU time is in `out`, not in the
+        # cgroup): under load that is tens of ms, so compare within 0.1 s
+        assert used == pytest.approx(float(out), abs=0.1) and used >= 0.3
         e = energy_for_cpu_seconds(used)
         assert e.joules == pytest.approx(used * cpu_power().watts_per_thread)
     finally:
