@@ -306,15 +306,19 @@ class Anticipate:
         return {"notes_chars": len(notes), "predicted": len(qa), "block_version": block.version}
 
 
+_QA_PAIR = re.compile(r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)"')
+
+
 def _parse_qa(text: str) -> list[tuple[str, str]]:
+    """``[(question, answer)]`` from the model's JSON; when the JSON was cut by ``max_tokens``,
+    every complete question/answer pair before the cut."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
-        m = re.search(r"\{.*\}", text, re.DOTALL)
-        try:
-            data = json.loads(m.group(0)) if m else {}
-        except json.JSONDecodeError:
-            data = {}
+        data = None
+    if data is None:
+        return [(json.loads(f'"{q}"').strip(), json.loads(f'"{a}"').strip()) for q, a in _QA_PAIR.findall(text)
+                if q.strip()]
     items = data.get("items", []) if isinstance(data, dict) else data if isinstance(data, list) else []
     out = []
     for it in items:

@@ -111,3 +111,12 @@ async def test_long_learned_context_keeps_the_lines_closest_to_the_question(lear
     assert len(text) <= 200
     assert "Q: How many trees does Janet have?\nA: 3" in text          # the predicted pair, kept whole
     assert text.count("Unrelated remark") < 3
+
+
+def test_predictions_cut_by_max_tokens_keep_their_complete_pairs():
+    from agentrt.sleeptime._jobs import _parse_qa
+
+    cut = '{"items": [{"question": "How many \\"big\\" apples?", "answer": "12"}, {"question": "How many tr'
+    assert _parse_qa(cut) == [('How many "big" apples?', "12")]
+    assert _parse_qa('{"items": [{"question": "Q?", "answer": "A"}]}') == [("Q?", "A")]
+    assert _parse_qa("no json at all") == []
