@@ -404,8 +404,7 @@ def _summary(contexts: list[dict], sleep_acc: dict, cals: list[dict], key: str) 
 async def _main(config: dict) -> dict:
     from agentrt.config import get_settings
     from agentrt.errors import ConfigError
-    from agentrt.llm import OpenAIChatModel
-    from agentrt.llm._engine import running_engine
+    from agentrt.llm import OpenAIChatModel, running_engine
     from agentrt.memory_store import MemoryStore, make_embedder
 
     progress = config.get("progress") or (lambda _m: None)

@@ -71,8 +71,7 @@ def run(file: Path = FileArg,
 
     async def main() -> list[dict]:
         from agentrt.config import get_settings
-        from agentrt.llm import OpenAIChatModel
-        from agentrt.llm._engine import running_engine
+        from agentrt.llm import OpenAIChatModel, running_engine
 
         settings = get_settings()
         base_url = settings.base_url

@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.model, pytest.mark.anyio]
 @pytest.fixture
 async def endpoint(require_local_model):
     from agentrt.config import get_settings
-    from agentrt.llm._engine import running_engine
+    from agentrt.llm import running_engine
 
     settings = get_settings()
     if settings.base_url:
