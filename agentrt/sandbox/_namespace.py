@@ -117,6 +117,9 @@ def python_paths() -> list[Path]:
     """Directories this Python needs (prefixes, sys.path) that lie under a hidden directory."""
     cands = [Path(sys.prefix), Path(sys.base_prefix), Path(os.path.realpath(sys.executable)).parent.parent]
     cands += [Path(p) for p in sys.path if p and os.path.isdir(p)]
+    # agentrt itself: an editable install imports it from its checkout, which is on no sys.path
+    # entry (a finder maps the name) and may lie under /tmp (a CI clone)
+    cands.append(Path(__file__).resolve().parents[1])
     out: list[Path] = []
     for p in cands:
         p = Path(os.path.abspath(p))
