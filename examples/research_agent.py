@@ -106,12 +106,17 @@ def make_tools(library: Library) -> list:
 
     @tool(**opts)
     def doc_summary(name: str) -> str:
-        """The opening of a document (its title and first paragraphs), about 600 characters.
+        """The opening of a document (its title and first sentences), about 300 characters.
 
         Args:
             name: the document's name, e.g. a package name like "rich".
         """
-        return plain(library.find(name).read_text(encoding="utf-8", errors="replace"))[:600]
+        # short, and prose only: the joiner's answer holds 300 characters, and the local model
+        # copies a long or link-laden opening whole instead of answering for every document
+        text = library.find(name).read_text(encoding="utf-8", errors="replace")
+        paras = [plain(p) for p in re.split(r"\n\s*\n", text)]
+        prose = [p for p in paras if len(p) >= 30 and "•" not in p and "readme" not in p.lower()]
+        return " ".join(list(dict.fromkeys(prose))[:2])[:300] or plain(text)[:300]
 
     @tool(**opts)
     def search_docs(query: str) -> list[dict]:
