@@ -581,7 +581,7 @@ class CgroupDriver:
         driver = CgroupDriver()
         with driver.session() as s, s.call(Limits(memory="64M", cpu=0.5, pids=32)) as call:
             proc = subprocess.run(shim_argv(call.procs_files, ["python3", "-c", "..."]))
-            print(call.usage().memory_peak_bytes)
+            peak = call.usage().memory_peak_bytes
 
     Raises:
         SandboxUnavailable: no usable layout (names what is missing), or not allowed to create
