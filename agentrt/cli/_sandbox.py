@@ -13,6 +13,8 @@ both on stdout). Exit status: the command's own; otherwise
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 
 import anyio
@@ -26,6 +28,8 @@ from agentrt.tools import Limits, ToolResult
 
 #: Exit status when the sandbox itself could not run the command.
 EXIT_SANDBOX = 125
+EXIT_NOT_EXECUTABLE = 126  # as POSIX shells and `env` report them
+EXIT_NOT_FOUND = 127
 
 sandbox_app = typer.Typer(name="sandbox", help="Run commands in a sandbox under per-call limits.",
                           no_args_is_help=True)
@@ -101,6 +105,30 @@ def _summary(r: ToolResult, code: int) -> str:
     return "sandbox: " + ", ".join(parts)
 
 
+def _check_command(argv0: str, backend: str) -> None:
+    """Exit 127 (not found) or 126 (not executable) with a clear message before starting a sandbox,
+    as a shell would, instead of the sandbox's own exec failure (bwrap exits 1). Only for the
+    namespace and none backends, whose root is the host's (read-only); a container has its own
+    filesystem and reports its own error. A relative path (``./x``) is left to the sandbox: it
+    resolves against the call's work dir, not this directory."""
+    if backend not in ("namespace", "none"):
+        return
+    from agentrt.sandbox._namespace import CLEAN_ENV
+
+    if "/" not in argv0:
+        path = CLEAN_ENV["PATH"] if backend == "namespace" else os.environ.get("PATH", CLEAN_ENV["PATH"])
+        if shutil.which(argv0, path=path) is None:
+            err.print(f"[red]error:[/] command not found: {argv0!r} (searched PATH={path})")
+            raise typer.Exit(EXIT_NOT_FOUND)
+    elif os.path.isabs(argv0):
+        if not os.path.exists(argv0):
+            err.print(f"[red]error:[/] no such file: {argv0}")
+            raise typer.Exit(EXIT_NOT_FOUND)
+        if os.path.isdir(argv0) or not os.access(argv0, os.X_OK):
+            err.print(f"[red]error:[/] not an executable file: {argv0}")
+            raise typer.Exit(EXIT_NOT_EXECUTABLE)
+
+
 def _budgets(specs: list[str]) -> dict[str, object]:
     """``--budget COUNTER=LIMIT[:MAX]`` -> ``{counter: Budget(LIMIT, max=MAX)}``."""
     from agentrt.cgroups import BUDGET_COUNTERS, Budget
@@ -148,8 +176,10 @@ def run_cmd(
     """Run CMD in a sandbox; print its output, exit status and usage; exit with its status.
 
     Exit status: CMD's own; 124 if killed at --timeout; 137 if OOM-killed at --memory; 128+N if
-    killed by signal N; 125 if the sandbox could not run it (a missing part, or denied limits).
+    killed by signal N; 125 if the sandbox could not run it (a missing part, or denied limits);
+    127 if CMD is not found, 126 if it is not executable.
     """
+    _check_command(cmd[0], backend)
     net: str | tuple[str, ...] = network if network in ("none", "loopback") else tuple(
         x.strip() for x in network.split(",") if x.strip())
     try:
