@@ -43,6 +43,21 @@ EXAMPLE = PlanExample(
     ),
 )
 
+#: a comparison ("which ... would be longer?"): each adjusted value is computed on its own, so the
+#: joiner compares two numbers instead of reading the sign of a difference (with the first example
+#: alone the 1.5B model planned one difference and misread it in most choice questions)
+COMPARE_EXAMPLE = PlanExample(
+    question="If the Danube were 40% shorter and the Rhine 50% longer, which river would be longer?",
+    plan=(
+        '1. search(query="Danube")\n'
+        '2. search(query="Rhine")\n'
+        '3. math(problem="Danube length * 0.6", context=["$1"])\n'
+        '4. math(problem="Rhine length * 1.5", context=["$2"])\n'
+        "5. join()"
+    ),
+)
+EXAMPLES = [EXAMPLE, COMPARE_EXAMPLE]
+
 REACT_EXAMPLE = """\
 Question: If the Nile were 10% longer and the Danube 5% shorter, what would be their combined length in km?
 {"thought": "I need the Nile's length.", "action": "search", "args": {"query": "Nile"}, "answer": ""}
@@ -51,7 +66,18 @@ Observation: The Nile ... runs about 6,650 km ...
 Observation: The Danube ... is 2,850 km long ...
 {"thought": "Now compute.", "action": "math", "args": {"problem": "6650 * 1.1 + 2850 * 0.95", "context": []}, "answer": ""}
 Observation: 10022.5
-{"thought": "Done.", "action": "finish", "args": {}, "answer": "10022.5 km"}"""
+{"thought": "Done.", "action": "finish", "args": {}, "answer": "10022.5 km"}
+
+Question: If the Danube were 40% shorter and the Rhine 50% longer, which river would be longer?
+{"thought": "I need the Danube's length.", "action": "search", "args": {"query": "Danube"}, "answer": ""}
+Observation: The Danube ... is 2,850 km long ...
+{"thought": "I need the Rhine's length.", "action": "search", "args": {"query": "Rhine"}, "answer": ""}
+Observation: The Rhine ... about 1,230 km long ...
+{"thought": "The Danube's adjusted length.", "action": "math", "args": {"problem": "2850 * 0.6", "context": []}, "answer": ""}
+Observation: 1710
+{"thought": "The Rhine's adjusted length.", "action": "math", "args": {"problem": "1230 * 1.5", "context": []}, "answer": ""}
+Observation: 1845
+{"thought": "1845 > 1710.", "action": "finish", "args": {}, "answer": "Rhine"}"""
 
 _MATH_SYSTEM = (
     "Write one arithmetic expression that computes the problem, using the numbers stated in the context "
@@ -217,11 +243,11 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
                 ns_model = _Namespaced(model, name)
                 registry, tool_usage = make_tools(facts, ns_model, rng)
                 if name == "agentrt":
-                    runner: Any = LLMCompiler(ns_model, registry, examples=[EXAMPLE])
+                    runner: Any = LLMCompiler(ns_model, registry, examples=EXAMPLES)
                 elif name == "agentrt_json":
-                    runner = LLMCompiler(ns_model, registry, examples=[EXAMPLE], plan_format="json")
+                    runner = LLMCompiler(ns_model, registry, examples=EXAMPLES, plan_format="json")
                 elif name == "llmcompiler_faithful":
-                    runner = FaithfulLLMCompiler(ns_model, registry, examples=[EXAMPLE])
+                    runner = FaithfulLLMCompiler(ns_model, registry, examples=EXAMPLES)
                 elif name == "react":
                     runner = ReAct(ns_model, registry, example=REACT_EXAMPLE)
                 else:

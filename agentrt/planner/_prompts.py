@@ -135,15 +135,17 @@ Results:
    -> 30
 {"thought": "Call 3 computed it: 30.", "action": "answer", "answer": "30 m"}
 
-Example question: Which is taller, tower A or tower B?
+Example question: If tower A grew by 10% and tower B by 20%, which one would be shorter?
 Results:
 1. height(name="tower A")
    -> 330
 2. height(name="tower B")
    -> 300
-3. calculator(expression="$1 - $2")  [= calculator(expression="330 - 300")]
-   -> 30
-{"thought": "Call 3 is 330 - 300 = 30, positive, so tower A is the taller.", "action": "answer", "answer": "tower A"}
+3. calculator(expression="$1 * 1.1")  [= calculator(expression="330 * 1.1")]
+   -> 363
+4. calculator(expression="$2 * 1.2")  [= calculator(expression="300 * 1.2")]
+   -> 360
+{"thought": "Tower A would be 363 and tower B 360; 360 is the smaller, so tower B is the shorter.", "action": "answer", "answer": "tower B"}
 
 Example question: What are tower A and tower B each used for?
 Results:
