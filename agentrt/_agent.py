@@ -51,6 +51,8 @@ class RunResult:
         cost_usd: cost when the model's price is known (0.0 for the local model), else None.
         trace_id: the run's id in the trace store (``agentrt trace show ID``), or None when
             tracing is off.
+        precomputed: the sleep-time prediction (`agentrt.sleeptime.Match`: predicted question,
+            similarity, threshold) the answer was served from without any LLM call, else None.
     """
 
     answer: str
@@ -67,6 +69,7 @@ class RunResult:
     issues: list[str] = field(default_factory=list)
     cost_usd: float | None = None
     trace_id: str | None = None
+    precomputed: Any = None
 
     @property
     def tool_calls(self) -> int:
@@ -131,6 +134,13 @@ class Agent:
         memory_session: session label of this agent's episodes (default ``"default"``).
         memory_threshold: cosine similarity of a past question to this one above which its
             episode is given to the planner.
+        sleeptime: sleep-time compute (`agentrt.sleeptime`): False (default), True (a
+            `SleepTimeScheduler` on this agent's memory store and model), or a scheduler to use.
+            It needs memory and ``async with Agent(...)``, which starts and stops it. Then
+            `attach_context` has a context anticipated while the agent is idle, and
+            ``run(q, context=context_id)`` pre-empts sleep-time work at once, answers from a
+            precomputed answer when ``q`` matches a predicted question above the scheduler's
+            threshold (``RunResult.precomputed``), else gives the planner the learned context.
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -154,6 +164,7 @@ class Agent:
         memory: Any = True,
         memory_session: str = "default",
         memory_threshold: float = 0.8,
+        sleeptime: Any = False,
     ) -> None:
         self.settings = settings or get_settings()
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(
@@ -180,6 +191,9 @@ class Agent:
         self._backend_stack: AsyncExitStack | None = None
         self._memory_spec, self._memory = memory, None
         self.memory_session, self.memory_threshold = memory_session, memory_threshold
+        if sleeptime is not False and memory is False:
+            raise ValueError("sleeptime needs memory (its learned context lives in the memory store)")
+        self._sleeptime_spec, self.sleeptime = sleeptime, None  # the running SleepTimeScheduler
         self._model = model
         self._engine: Any = None
         self._local = False  # the model is the embedded local engine (cost 0 USD)
@@ -193,12 +207,16 @@ class Agent:
             self._model = OpenAIChatModel.from_settings(self.settings, base_url=base_url)
         return self._model
 
-    async def run(self, question: str, *, usage_limits: UsageLimits | None = None) -> RunResult:
+    async def run(self, question: str, *, usage_limits: UsageLimits | None = None,
+                  context: str | None = None) -> RunResult:
         """Answer ``question`` with a plan of parallel tool calls.
 
         Args:
             question: the question.
             usage_limits: limits for this run instead of the agent's.
+            context: the id of a context given to `attach_context` (with ``sleeptime``): the
+                answer may come from its precomputed answers, else its learned context goes to
+                the planner.
 
         Raises:
             ModelError: the model endpoint failed after its retries.
@@ -208,10 +226,32 @@ class Agent:
         """
         if not isinstance(question, str) or not question.strip():
             raise ValueError("the question is empty")
-        return await self._run(question, usage_limits, self.on_event)
+        if context is not None and self.sleeptime is None:
+            raise ValueError("context= needs Agent(sleeptime=...) used as `async with`")
+        return await self._run(question, usage_limits, self.on_event, context)
+
+    def attach_context(self, context_id: str, text: str, **kw: Any) -> str:
+        """Attach a context (document, data set, conversation) for sleep-time compute: it is
+        anticipated (notes, predicted questions with answers) while the agent is idle.
+
+        Args:
+            context_id: names it; pass it as ``run(q, context=context_id)``.
+            text: the context.
+            **kw: passed to `SleepTimeScheduler.attach` (``expected_queries``, ``questions``,
+                ``notes_tokens``, ``predict_tokens``, ``budget``...).
+
+        Returns the anticipate job's key (``agent.sleeptime.status()`` reports on it).
+
+        Raises:
+            RuntimeError: sleep-time compute is not running (``Agent(sleeptime=...)`` used as
+                ``async with``).
+        """
+        if self.sleeptime is None:
+            raise RuntimeError("attach_context needs Agent(sleeptime=...) used as `async with Agent(...)`")
+        return self.sleeptime.attach(context_id, text, **kw)
 
     async def _run(self, question: str, usage_limits: UsageLimits | None,
-                   on_event: Callable[[Any], None] | None) -> RunResult:
+                   on_event: Callable[[Any], None] | None, context_id: str | None = None) -> RunResult:
         model = await self._ensure_model()
         model_name = getattr(model, "model_name", None) or "unknown"
         local = self._local or model_name == LOCAL_MODEL_NAME
@@ -226,7 +266,10 @@ class Agent:
                 usage_limits=usage_limits or self.usage_limits, tracer=tracer, model_name=model_name,
                 local=local, engine_pid=self._engine_pid() if local else None,
             )
-            return await self._traced_run(compiler, tracer, question, model_name)
+            if self.sleeptime is None:
+                return await self._traced_run(compiler, tracer, question, model_name)
+            async with self.sleeptime.query(context_id):  # pre-empts sleep-time work at once
+                return await self._traced_run(compiler, tracer, question, model_name, context_id)
 
     async def _open_backend(self, stack: AsyncExitStack) -> ExecutorBackend:
         """The executor backend ``sandbox`` names, entered on ``stack`` (which keeps a sandbox
@@ -247,16 +290,31 @@ class Agent:
         return backend
 
     async def _traced_run(self, compiler: LLMCompiler, tracer: Tracer, question: str,
-                          model_name: str) -> RunResult:
+                          model_name: str, context_id: str | None = None) -> RunResult:
         store = await self._open_memory()
         with tracer.run(agent="agentrt", question=question) as run_span:
             trace_id = run_span.run_id if tracer.enabled else None
             run_span.set("gen_ai.request.model", model_name)
             context = None
+            learned = ""
+            if self.sleeptime is not None:
+                with tracer.span("sleeptime recall", "memory") as span:
+                    t0 = anyio.current_time()
+                    hit = await anyio.to_thread.run_sync(
+                        lambda: self.sleeptime.match(question, context_id=context_id))
+                    span.set("agentrt.sleeptime.served", hit is not None)
+                    if hit is not None:
+                        span.set("agentrt.sleeptime.similarity", hit.similarity)
+                        return await self._served(store, tracer, question, hit, trace_id,
+                                                  anyio.current_time() - t0)
+                    learned = await anyio.to_thread.run_sync(
+                        lambda: self.sleeptime.learned_context(question, context_id=context_id))
             if store is not None:
                 with tracer.span("memory recall", "memory") as span:
                     context = await anyio.to_thread.run_sync(self._recall, store, question)
                     span.set("agentrt.memory.recalled", bool(context))
+            if learned:
+                context = f"Learned about this context while idle:\n{learned}" + (f"\n\n{context}" if context else "")
             try:
                 res = await compiler.run(question, context=context or None)
             except UsageLimitExceeded as exc:
@@ -269,6 +327,19 @@ class Agent:
             if store is not None:
                 await self._remember(store, tracer, question, res)
         return RunResult.from_compiler(res, trace_id)
+
+    async def _served(self, store: Any, tracer: Tracer, question: str, hit: Any, trace_id: str | None,
+                      seconds: float) -> RunResult:
+        """The `RunResult` of a run answered from a sleep-time precomputed answer (no LLM call)."""
+        if store is not None:
+            with tracer.span("memory append", "memory"):
+                await anyio.to_thread.run_sync(lambda: store.append_episode(
+                    self.memory_session, question, None, [], hit.answer,
+                    meta={"precomputed": {"question": hit.question, "similarity": hit.similarity,
+                                          "context_id": hit.context_id}}))
+        return RunResult(answer=hit.answer, partial=False, reason=None, plan=[], results={}, usage=Usage(),
+                         llm_calls=0, wall_seconds=seconds, first_dispatch_seconds=None, critical_path=([], 0.0),
+                         rounds=0, cost_usd=0.0, trace_id=trace_id, precomputed=hit)
 
     async def _open_memory(self) -> Any:
         """The memory store, opened on first use; None when memory is off or cannot open."""
@@ -346,6 +417,9 @@ class Agent:
     async def aclose(self) -> None:
         """Close the sandbox session, the memory store it opened, and the local engine it started."""
         stack, self._backend_stack, self._backend = self._backend_stack, None, None
+        sleeptime, self.sleeptime = self.sleeptime, None
+        if sleeptime is not None:  # stopped before the store it writes to is closed
+            await sleeptime.__aexit__(None, None, None)
         if self._memory is not None and self._memory_spec is True:
             memory, self._memory = self._memory, None
             memory.close()
@@ -359,10 +433,22 @@ class Agent:
                 self._model = None
 
     async def __aenter__(self) -> Agent:
-        await self._ensure_model()
+        model = await self._ensure_model()
         stack = AsyncExitStack()
         self._backend = await self._open_backend(stack)
         self._backend_stack = stack
+        if self._sleeptime_spec is not False:
+            store = await self._open_memory()
+            if store is None:
+                await self.aclose()
+                raise RuntimeError("sleeptime needs a memory store, and memory could not open (see the warning)")
+            from agentrt.sleeptime import SleepTimeScheduler
+
+            spec = self._sleeptime_spec
+            sched = spec if isinstance(spec, SleepTimeScheduler) else SleepTimeScheduler(
+                store, model, tracer=self._tracer())
+            await sched.__aenter__()
+            self.sleeptime = sched
         return self
 
     async def __aexit__(self, *exc: object) -> None:
