@@ -107,6 +107,7 @@ class JobState:
     tokens: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, served from the engine's prompt cache
     seconds: float = 0.0
     attempts: int = 0
     preemptions: int = 0
@@ -205,6 +206,7 @@ class JobContext:
         self.usage["calls"] += 1
         self.state.input_tokens += u.input_tokens
         self.state.output_tokens += u.output_tokens
+        self.state.cached_input_tokens += u.cached_tokens or 0
         return completion
 
     async def save(self, step: str, events: Sequence[Event], **meta: Any) -> list[int]:
@@ -285,10 +287,11 @@ class Anticipate:
             notes = c.content.strip()
             await jc.save("notes", [Event(notes, session=self.session, role="assistant", kind="learned",
                                           meta={"job": self.key})])
-        qa: list[tuple[str, str]] = []
+        qa: list[tuple[str, str, str]] = []
         if self.questions > 0:
             if "predict" in done:
-                qa = [(e.text, str((e.meta or {}).get("answer", ""))) for e in jc.step_events(done["predict"])]
+                qa = [(e.text, str((e.meta or {}).get("work", "")), str((e.meta or {}).get("answer", "")))
+                      for e in jc.step_events(done["predict"])]
             else:
                 jc.on_progress(f"{self.key}: predicting questions")
                 c = await jc.call(_prompts.predict_messages(self.text, notes, self.questions),
@@ -297,33 +300,41 @@ class Anticipate:
                                       "name": "predicted_questions", "schema": _prompts.QA_SCHEMA}})
                 qa = _parse_qa(c.content)[: self.questions]
                 await jc.save("predict", [Event(q, session=self.session, role="assistant", kind="anticipation",
-                                                meta={"job": self.key, "answer": a}) for q, a in qa])
+                                                meta={"job": self.key, "work": w, "answer": a}) for q, w, a in qa])
         ours = notes
         if qa:
             ours += "\n\nPredicted questions with precomputed answers:\n" + "\n".join(
-                f"Q: {q}\nA: {a}" for q, a in qa)
+                f"Q: {q}\n" + (f"Work: {w}\n" if w else "") + f"A: {a}" for q, w, a in qa)
         block = await anyio.to_thread.run_sync(_publish, jc.store, learned_label(self.context_id), ours)
         return {"notes_chars": len(notes), "predicted": len(qa), "block_version": block.version}
 
 
-_QA_PAIR = re.compile(r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*"answer"\s*:\s*"((?:[^"\\]|\\.)*)"')
+_QA_ITEM = re.compile(r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*(?:"work"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*)?'
+                      r'"answer"\s*:\s*"((?:[^"\\]|\\.)*)"')
 
 
-def _parse_qa(text: str) -> list[tuple[str, str]]:
-    """``[(question, answer)]`` from the model's JSON; when the JSON was cut by ``max_tokens``,
-    every complete question/answer pair before the cut."""
+def _unescape(s: str) -> str:
+    try:
+        return str(json.loads(f'"{s}"')).strip()
+    except json.JSONDecodeError:
+        return s.strip()
+
+
+def _parse_qa(text: str) -> list[tuple[str, str, str]]:
+    """``[(question, work, answer)]`` from the model's JSON (``work`` may be ``""``); when the
+    JSON was cut by ``max_tokens``, every complete item before the cut."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError:
         data = None
     if data is None:
-        return [(json.loads(f'"{q}"').strip(), json.loads(f'"{a}"').strip()) for q, a in _QA_PAIR.findall(text)
-                if q.strip()]
+        return [(_unescape(q), _unescape(w), _unescape(a)) for q, w, a in _QA_ITEM.findall(text) if q.strip()]
     items = data.get("items", []) if isinstance(data, dict) else data if isinstance(data, list) else []
     out = []
     for it in items:
         if isinstance(it, dict) and str(it.get("question", "")).strip():
-            out.append((str(it["question"]).strip(), str(it.get("answer", "")).strip()))
+            out.append((str(it["question"]).strip(), str(it.get("work", "")).strip(),
+                        str(it.get("answer", "")).strip()))
     return out
 
 

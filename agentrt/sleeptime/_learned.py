@@ -196,13 +196,14 @@ class LearnedMemory:
         return text[: self.max_chars - 3] + "..."
 
     def _select(self, text: str, question: str) -> str:
-        """The lines of ``text`` most similar to ``question`` (a predicted ``Q:``/``A:`` pair is
-        one unit) that fit in ``max_chars``, in their original order."""
+        """The lines of ``text`` most similar to ``question`` (a predicted ``Q:``/``Work:``/``A:``
+        item is one unit) that fit in ``max_chars``, in their original order."""
         units: list[str] = []
         for line in text.splitlines():
             if not line.strip():
                 continue
-            if line.startswith("A: ") and units and units[-1].startswith("Q: ") and "\nA: " not in units[-1]:
+            if line.startswith(("Work: ", "A: ")) and units and units[-1].startswith("Q: ") \
+                    and "\nA: " not in units[-1]:
                 units[-1] += "\n" + line
             else:
                 units.append(line)

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 ANTICIPATE_SYSTEM = (
     "You prepare for questions that will be asked later about a text. The questions are not known "
-    "yet. Read the text and work out, step by step, every quantity, inference and calculation a "
-    "question could ask for, especially totals and final results. Be exact with numbers. End with "
-    "a line 'KEY FACTS:' followed by short lines, one fact or computed value each.")
+    "yet. Read the text and work out, step by step and exactly, the quantities, inferences and "
+    "calculations a question is most likely to ask for, above all the final result the text is "
+    "leading up to. Use only what the text says. When the text is a conversation, write what "
+    "each person said, did or plans as facts with absolute dates (turn 'yesterday' or 'last week' "
+    "into dates from the conversation's date). End with a line 'KEY FACTS:' followed by short lines, "
+    "one fact or computed value each.")
 
-PREDICT_SYSTEM = (
-    "You predict the questions a user is most likely to ask about a text, and answer each one "
-    "from the text and the notes. Answers are short: a number, a name, a date or a few words.")
+#: The predict step continues the notes conversation (same system prompt and text first), so an
+#: engine with a prefix cache does not process the text twice.
+PREDICT_INSTRUCTION = (
+    "Now predict the {n} questions a user is most likely to ask about the text, and answer each one "
+    "from the text and your notes. For each question give 'work': the short calculation or the "
+    "evidence behind the answer, and 'answer': only a number, a name, a date or a few words. "
+    "Reply with JSON.")
 
 CONSOLIDATE_SYSTEM = (
     "You turn conversation records into durable facts worth remembering: one short, "
@@ -31,8 +38,9 @@ QA_SCHEMA = {
             "type": "array",
             "items": {
                 "type": "object",
-                "properties": {"question": {"type": "string"}, "answer": {"type": "string"}},
-                "required": ["question", "answer"],
+                "properties": {"question": {"type": "string"}, "work": {"type": "string"},
+                               "answer": {"type": "string"}},
+                "required": ["question", "work", "answer"],
             },
         },
     },
@@ -46,9 +54,8 @@ def anticipate_messages(text: str) -> list[dict]:
 
 
 def predict_messages(text: str, notes: str, n: int) -> list[dict]:
-    return [{"role": "system", "content": PREDICT_SYSTEM},
-            {"role": "user", "content": f"Text:\n{text}\n\nNotes:\n{notes}\n\n"
-                                        f"Give the {n} most likely questions with their answers as JSON."}]
+    return [*anticipate_messages(text), {"role": "assistant", "content": notes},
+            {"role": "user", "content": PREDICT_INSTRUCTION.format(n=n)}]
 
 
 def consolidate_messages(records: str, known: str, n: int) -> list[dict]:

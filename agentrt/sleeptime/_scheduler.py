@@ -376,7 +376,8 @@ class SleepTimeScheduler:
         self._pending.pop(job.key, None)
         self.history.append({"key": job.key, "kind": job.kind, "status": state.status, "error": state.error,
                              "tokens": state.tokens, "input_tokens": state.input_tokens,
-                             "output_tokens": state.output_tokens, "seconds": round(state.seconds, 3),
+                             "output_tokens": state.output_tokens,
+                             "cached_input_tokens": state.cached_input_tokens, "seconds": round(state.seconds, 3),
                              "attempts": state.attempts, "preemptions": state.preemptions, "result": result})
         if self.on_progress:
             self.on_progress(f"{job.key}: {state.status} ({state.tokens} tokens, {state.seconds:.1f} s)")

@@ -16,9 +16,7 @@ from agentrt.sleeptime import _prompts
 def step_of(messages) -> str:
     system = messages[0]["content"]
     if system == _prompts.ANTICIPATE_SYSTEM:
-        return "notes"
-    if system == _prompts.PREDICT_SYSTEM:
-        return "predict"
+        return "predict" if len(messages) > 2 else "notes"
     if system.startswith(_prompts.CONSOLIDATE_SYSTEM.split("{")[0]):
         return "consolidate"
     return "other"
@@ -57,7 +55,8 @@ class FakeModel:
         if step == "notes":
             text = self.notes
         elif step == "predict":
-            text = json.dumps({"items": [{"question": q, "answer": a} for q, a in self.qa]})
+            text = json.dumps({"items": [{"question": q, "work": f"from the text: {a}", "answer": a}
+                                        for q, a in self.qa]})
         elif step == "consolidate":
             text = "\n".join(f"- {f}" for f in self.facts)
         else:

@@ -109,14 +109,16 @@ async def test_long_learned_context_keeps_the_lines_closest_to_the_question(lear
     mem = LearnedMemory(learned_store, max_chars=200)
     text = mem.learned_context("How many trees does Janet have?", context_id="farm")
     assert len(text) <= 200
-    assert "Q: How many trees does Janet have?\nA: 3" in text          # the predicted pair, kept whole
+    assert "Q: How many trees does Janet have?\nWork: from the text: 3\nA: 3" in text   # the item, kept whole
     assert text.count("Unrelated remark") < 3
 
 
-def test_predictions_cut_by_max_tokens_keep_their_complete_pairs():
+def test_predictions_cut_by_max_tokens_keep_their_complete_items():
     from agentrt.sleeptime._jobs import _parse_qa
 
-    cut = '{"items": [{"question": "How many \\"big\\" apples?", "answer": "12"}, {"question": "How many tr'
-    assert _parse_qa(cut) == [('How many "big" apples?', "12")]
-    assert _parse_qa('{"items": [{"question": "Q?", "answer": "A"}]}') == [("Q?", "A")]
+    cut = ('{"items": [{"question": "How many \\"big\\" apples?", "work": "3 x 4 = 12", "answer": "12"}, '
+           '{"question": "Left?", "answer": "2"}, {"question": "How many tr')
+    assert _parse_qa(cut) == [('How many "big" apples?', "3 x 4 = 12", "12"), ("Left?", "", "2")]
+    assert _parse_qa('{"items": [{"question": "Q?", "work": "w", "answer": "A"}]}') == [("Q?", "w", "A")]
+    assert _parse_qa('{"items": [{"question": "Q?", "answer": "A"}]}') == [("Q?", "", "A")]
     assert _parse_qa("no json at all") == []
