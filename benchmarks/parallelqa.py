@@ -246,6 +246,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
                     runner: Any = LLMCompiler(ns_model, registry, examples=EXAMPLES)
                 elif name == "agentrt_json":
                     runner = LLMCompiler(ns_model, registry, examples=EXAMPLES, plan_format="json")
+                elif name == "agentrt_parallel":  # outline, then every task's arguments at once
+                    runner = LLMCompiler(ns_model, registry, examples=EXAMPLES, plan_format="parallel")
                 elif name == "llmcompiler_faithful":
                     runner = FaithfulLLMCompiler(ns_model, registry, examples=EXAMPLES)
                 elif name == "react":
