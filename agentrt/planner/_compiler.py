@@ -204,8 +204,12 @@ class LLMCompiler:
             started/finished, joiner decision); must be cheap.
         plan_max_tokens: output token cap of one planner call.
         plan_format: ``"text"`` (LLMCompiler's numbered calls, the default: measured more
-            accurate with the local model, see results/parallelqa.json) or ``"json"`` (a
-            ``{"tasks": [...]}`` object constrained by a JSON schema built from the registry).
+            accurate with the local model, see results/parallelqa.json), ``"json"`` (a
+            ``{"tasks": [...]}`` object constrained by a JSON schema built from the registry),
+            or ``"parallel"`` (an outline of tool names, then every task's arguments decoded at
+            once, see `agentrt.planner._parallel_plan`; needs a llama.cpp server: elsewhere the
+            run uses ``"text"``, logs a warning and marks the run span
+            ``agentrt.plan.format``/``agentrt.plan.fallback_reason``).
         usage_limits: what one run may spend; reaching a limit raises `UsageLimitExceeded`
             with the partial `CompilerResult` as its ``partial``.
         tracer: where spans go (``chat`` per LLM call, ``execute_tool`` per task, children of
@@ -231,7 +235,7 @@ class LLMCompiler:
         on_event: Callable[[RunEvent], None] | None = None,
         plan_max_tokens: int = 512,
         joiner_max_tokens: int = 200,
-        plan_format: Literal["text", "json"] = "text",
+        plan_format: Literal["text", "json", "parallel"] = "text",
         usage_limits: UsageLimits | None = None,
         replan: Literal["on_failure", "joiner"] = "on_failure",
         tracer: Tracer | None = None,
@@ -252,8 +256,8 @@ class LLMCompiler:
             registry, backend=backend or LocalBackend(), max_concurrency=max_concurrency,
             on_event=self._emit,
         )
-        if plan_format not in ("text", "json"):
-            raise ValueError(f"plan_format must be 'text' or 'json', not {plan_format!r}")
+        if plan_format not in ("text", "json", "parallel"):
+            raise ValueError(f"plan_format must be 'text', 'json' or 'parallel', not {plan_format!r}")
         self.plan_format = plan_format
         self.usage_limits = usage_limits or UsageLimits()
         if replan not in ("on_failure", "joiner"):
@@ -267,6 +271,7 @@ class LLMCompiler:
                               f"{self.model_name!r}; register one with agentrt.tracing.register_price()")
         self._budget: Budget | None = None
         self._parent: Span | None = None
+        self._parallel: Any = None  # the ParallelPlanner of this run, when plan_format="parallel" works here
         self._system = planner_system_prompt(registry, self.examples, plan_format)
         self._plan_schema = (
             {"type": "json_schema", "json_schema": {"name": "plan", "schema": plan_array_schema(
@@ -309,6 +314,8 @@ class LLMCompiler:
 
         self.scheduler.on_event = on_sched
         stop: str | None = None
+        if self.plan_format == "parallel":
+            self._parallel = await self._open_parallel()
         try:
             with anyio.move_on_after(self.usage_limits.max_wall_seconds or float("inf")) as scope:
                 await self._rounds(question, context, res)
@@ -319,6 +326,10 @@ class LLMCompiler:
             if hit is None:
                 raise _unwrap(exc) from None
             stop = str(hit)
+        finally:
+            if self._parallel is not None:
+                await self._parallel.aclose()
+                self._parallel = None
         res.wall_seconds = time.perf_counter() - t0
         res.critical_path = critical_path(res.tasks, res.results)
         for span in tool_spans.values():  # calls cancelled when the run stopped
@@ -477,8 +488,34 @@ class LLMCompiler:
             )))
         return msgs
 
+    async def _open_parallel(self) -> Any:
+        """The run's `ParallelPlanner`, or None (and a warning) where the endpoint lacks what it needs."""
+        from agentrt.planner._parallel_plan import ParallelPlanner
+
+        inner, base_url = self.model, None
+        while base_url is None and inner is not None:  # wrappers (e.g. a bench's) keep the client as .model
+            base_url, inner = getattr(inner, "base_url", None), getattr(inner, "model", None)
+        why = None if isinstance(base_url, str) else "the model is not an OpenAI-compatible HTTP endpoint"
+        planner = None
+        if why is None:
+            planner = ParallelPlanner(self.registry, self.examples, base_url)
+            why = await planner.unsupported()
+        if why is not None:
+            log.warning("parallel plan decoding unavailable (%s); using the text plan", why)
+            if self._parent is not None:
+                self._parent.set("agentrt.plan.fallback_reason", why)
+            if planner is not None:
+                await planner.aclose()
+            planner = None
+        if self._parent is not None:
+            self._parent.set("agentrt.plan.format", "parallel" if planner is not None else "text")
+        return planner
+
     async def _plan_and_execute(self, question: str, context: str | None, feedback: str | None,
                                 res: CompilerResult) -> None:
+        if self._parallel is not None:
+            await self._parallel.plan_and_execute(self, question, context, feedback, res)
+            return
         parser = self._new_parser()
         validator = PlanValidator(self.registry, known_ids=set(res.tasks))
         msgs = self._planner_messages(question, context, feedback, res)
