@@ -284,7 +284,7 @@ class Anticipate:
         else:
             jc.on_progress(f"{self.key}: thinking about the context")
             c = await jc.call(_prompts.anticipate_messages(self.text), max_tokens=self.notes_tokens, step="notes")
-            notes = c.content.strip()
+            notes = _dedupe_lines(c.content.strip())
             await jc.save("notes", [Event(notes, session=self.session, role="assistant", kind="learned",
                                           meta={"job": self.key})])
         qa: list[tuple[str, str, str]] = []
@@ -307,6 +307,20 @@ class Anticipate:
                 f"Q: {q}\n" + (f"Work: {w}\n" if w else "") + f"A: {a}" for q, w, a in qa)
         block = await anyio.to_thread.run_sync(_publish, jc.store, learned_label(self.context_id), ours)
         return {"notes_chars": len(notes), "predicted": len(qa), "block_version": block.version}
+
+
+def _dedupe_lines(text: str) -> str:
+    """``text`` without repeats of a non-empty line (a small model at temperature 0 can loop on one
+    line until ``max_tokens``; the loop's tokens are spent, but the learned block stays clean)."""
+    seen: set[str] = set()
+    out = []
+    for line in text.splitlines():
+        key = " ".join(line.split()).lower()
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(line)
+    return "\n".join(out)
 
 
 _QA_ITEM = re.compile(r'"question"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*(?:"work"\s*:\s*"((?:[^"\\]|\\.)*)"\s*,\s*)?'

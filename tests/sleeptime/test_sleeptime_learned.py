@@ -122,3 +122,10 @@ def test_predictions_cut_by_max_tokens_keep_their_complete_items():
     assert _parse_qa('{"items": [{"question": "Q?", "work": "w", "answer": "A"}]}') == [("Q?", "w", "A")]
     assert _parse_qa('{"items": [{"question": "Q?", "answer": "A"}]}') == [("Q?", "", "A")]
     assert _parse_qa("no json at all") == []
+
+
+def test_looping_notes_keep_each_line_once():
+    from agentrt.sleeptime._jobs import _dedupe_lines
+
+    looped = "KEY FACTS:\n- Kyle is one.\n" + "- They have a pic of Kyle.\n" * 30 + "-  they have a pic of kyle.\n\n- Done."
+    assert _dedupe_lines(looped) == "KEY FACTS:\n- Kyle is one.\n- They have a pic of Kyle.\n\n- Done."

@@ -51,3 +51,34 @@ async def test_anticipate_on_the_local_model_learns_within_its_budget(tmp_path, 
             assert sleep.learned_context("How much money does he make a day?", context_id="bakery") == learned
     finally:
         store.close()
+
+
+async def test_agent_serves_a_predicted_question_learned_on_the_local_model(tmp_path, endpoint):
+    """Agent(sleeptime=...) end to end on the real model: the context is anticipated while the
+    agent is idle, and asking one of the predicted questions is answered from its precomputed
+    answer with no LLM call."""
+    from agentrt import Agent
+    from agentrt.llm import OpenAIChatModel
+    from agentrt.sleeptime import context_session
+
+    base_url, name = endpoint
+    store = MemoryStore(tmp_path / "m.db", embedder=HashingEmbedder())
+    context = "A baker makes 24 muffins a day. He sells each muffin for $3 and gives 4 muffins a day to friends."
+    try:
+        model = OpenAIChatModel(base_url, name, timeout=300)
+        async with model:
+            sleep = SleepTimeScheduler(store, model, min_idle_s=0, every_n_runs=0, consolidate_on_idle=False,
+                                       job_budget=JobBudget(tokens=2500, seconds=280), threshold=0.99,
+                                       tracer=Tracer(None))
+            async with Agent(model, memory=store, tracing=False, sandbox="none", sleeptime=sleep) as agent:
+                agent.attach_context("bakery", context, questions=2, notes_tokens=256, predict_tokens=256)
+                with anyio.fail_after(290):
+                    await sleep.wait_idle()
+                assert sleep.history[0]["status"] == "done", sleep.history
+                predicted = store.events(session=context_session("bakery"), kind="anticipation")
+                assert predicted, store.blocks.get(learned_label("bakery")).value
+                res = await agent.run(predicted[0].text, context="bakery")
+        assert res.precomputed is not None and res.llm_calls == 0
+        assert res.answer == (predicted[0].meta or {})["answer"]
+    finally:
+        store.close()
