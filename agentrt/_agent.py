@@ -141,6 +141,10 @@ class Agent:
             ``run(q, context=context_id)`` pre-empts sleep-time work at once, answers from a
             precomputed answer when ``q`` matches a predicted question above the scheduler's
             threshold (``RunResult.precomputed``), else gives the planner the learned context.
+        plan_format: how the planner writes a plan: ``"text"`` (default), ``"json"``, or
+            ``"parallel"`` (an outline of tool names, then every task's arguments decoded at once;
+            on an endpoint other than a llama.cpp server the run uses ``"text"`` and logs why).
+            See `LLMCompiler`.
 
     Use ``async with Agent(...) as agent: await agent.run(q)`` to keep the engine across runs.
     """
@@ -165,7 +169,11 @@ class Agent:
         memory_session: str = "default",
         memory_threshold: float = 0.8,
         sleeptime: Any = False,
+        plan_format: str = "text",
     ) -> None:
+        if plan_format not in ("text", "json", "parallel"):
+            raise ValueError(f"plan_format must be 'text', 'json' or 'parallel', not {plan_format!r}")
+        self.plan_format = plan_format
         self.settings = settings or get_settings()
         self.registry = tools if isinstance(tools, ToolRegistry) else ToolRegistry(
             [t if isinstance(t, Tool) else tool(t) for t in tools])  # plain functions welcome
@@ -265,6 +273,7 @@ class Agent:
                 max_concurrency=self.max_concurrency, on_event=on_event, backend=backend,
                 usage_limits=usage_limits or self.usage_limits, tracer=tracer, model_name=model_name,
                 local=local, engine_pid=self._engine_pid() if local else None,
+                plan_format=self.plan_format,  # type: ignore[arg-type]
             )
             if self.sleeptime is None:
                 return await self._traced_run(compiler, tracer, question, model_name)
