@@ -134,6 +134,10 @@ def run(
     model: str | None = typer.Option(None, help="Model name at the endpoint."),
     base_url: str | None = typer.Option(None, "--base-url", help="OpenAI-compatible endpoint; default: the local engine."),
     max_rounds: int = typer.Option(3, min=1, help="Plan/join rounds before a partial answer."),
+    plan_format: str = typer.Option("text", "--plan-format",
+                                    help="How the plan is written: text, json, or parallel (an outline of tool "
+                                         "names, then every task's arguments decoded at once; llama.cpp servers "
+                                         "only, elsewhere text is used and a warning says why)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON instead of the live view."),
     max_tokens: int | None = typer.Option(None, "--max-tokens", min=0, help="Stop after this many LLM tokens (in + out)."),
     max_tool_calls: int | None = typer.Option(None, "--max-tool-calls", min=0, help="Stop before exceeding this many tool calls."),
@@ -156,6 +160,8 @@ def run(
     """
     if not question.strip():
         raise typer.BadParameter("the question is empty")
+    if plan_format not in ("text", "json", "parallel"):
+        raise typer.BadParameter(f"--plan-format must be text, json or parallel, not {plan_format!r}")
     if sandbox not in ("auto", "namespace", "docker", "none"):
         raise typer.BadParameter(f"--sandbox must be auto, namespace, docker or none, not {sandbox!r}")
     if executor not in ("local", "ray"):
@@ -198,7 +204,7 @@ def run(
     async def go() -> Any:
         agent = Agent(tools=tools, examples=examples, max_rounds=max_rounds, settings=settings,
                       on_event=view.on_event, usage_limits=limits, sandbox=backend, sandbox_all=sandbox_all,
-                      memory=memory)
+                      memory=memory, plan_format=plan_format)
         try:
             if as_json:
                 return await agent.run(question)
