@@ -25,6 +25,7 @@ from agentrt.decoding._decoder import (
     DecodeStats,
     ParallelCallDecoder,
     branch_schema,
+    decode_calls,
 )
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion, native_root
 from agentrt.decoding._standard import (
@@ -39,6 +40,6 @@ from agentrt.decoding._template import CallSyntax, derive_call_syntax
 
 __all__ = [
     "BranchRecord", "CallSyntax", "DecodeResult", "DecodeStats", "LlamaCppEndpoint", "ParallelCallDecoder",
-    "RawCompletion", "StandardResult", "branch_schema", "calls_schema", "decode_constrained", "decode_standard",
+    "RawCompletion", "StandardResult", "branch_schema", "calls_schema", "decode_calls", "decode_constrained", "decode_standard",
     "derive_call_syntax", "native_root", "parse_calls_text", "wire_tools",
 ]

@@ -45,22 +45,28 @@ import anyio
 
 from agentrt.decoding._grammar import (
     VALUE_ENDS,
-    name_grammar,
+    lark_string,
     optional_tail_grammar,
+    outline_grammar,
     value_grammar,
+    value_tail_grammar,
 )
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion
 from agentrt.decoding._standard import decode_standard, wire_tools
 from agentrt.decoding._template import CallSyntax, derive_call_syntax, probe_messages
 from agentrt.errors import DecodingError, InvalidArguments, ModelError
 from agentrt.llm import OpenAIChatModel, ToolCall
-from agentrt.tools import Tool
+from agentrt.tools import Tool, ToolRegistry
 
-__all__ = ["BranchRecord", "DecodeResult", "DecodeStats", "ParallelCallDecoder", "branch_schema"]
+__all__ = ["BranchRecord", "DecodeResult", "DecodeStats", "ParallelCallDecoder", "branch_schema", "decode_calls"]
 
 log = logging.getLogger(__name__)
 
 Slots = Literal["pinned", "spread", "auto"]
+Context = Literal["skeleton", "decoded"]
+#: What stands for the arguments not yet decoded in the outline and in later calls' prefixes: the
+#: model sees that the call has more arguments without their values.
+ELIDED = "..."
 #: JSON Schema keywords passed to the value grammar; annotations (description, title, default,
 #: examples, BFCL's "optional") are dropped: they do not constrain and some grammars reject them.
 _SCHEMA_KEYS = {"type", "properties", "required", "items", "prefixItems", "enum", "const", "anyOf", "oneOf",
@@ -220,7 +226,14 @@ class ParallelCallDecoder:
             or bare ``{"name", "description", "parameters"}``). Names may contain dots.
         slots: ``"pinned"``, ``"spread"`` or ``"auto"`` (see the module doc: prefix reuse vs
             concurrency vs waiting behind other users of a shared server).
-        max_calls: most calls decoded in one turn.
+        max_calls: most calls decoded in one turn (the names step's grammar admits no more).
+        context: what call i's argument branches see of the calls before it: ``"skeleton"``
+            (default; every argument of every call decoded at once, earlier calls written with
+            their names and ``{...}`` for their arguments, so a branch knows which call it is) or
+            ``"decoded"`` (calls one after another, each call's arguments at once, after the
+            earlier calls written in full). On a server whose branches queue on one slot
+            (``slots="pinned"``) both cost the same time; ``"skeleton"`` overlaps more elsewhere.
+        dedupe: drop a call identical (name and arguments) to an earlier one of the same turn.
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
         timeout: seconds one request may take, queueing included: llama.cpp answers a
@@ -234,7 +247,8 @@ class ParallelCallDecoder:
 
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
-                 model_name: str | None = None, timeout: float = 900.0) -> None:
+                 model_name: str | None = None, timeout: float = 900.0, context: Context = "skeleton",
+                 dedupe: bool = True) -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:
@@ -245,6 +259,12 @@ class ParallelCallDecoder:
         if slots not in ("pinned", "spread", "auto"):
             raise ValueError(f"slots must be 'pinned', 'spread' or 'auto', not {slots!r}")
         self.slots = slots
+        if context not in ("skeleton", "decoded"):
+            raise ValueError(f"context must be 'skeleton' or 'decoded', not {context!r}")
+        if max_calls < 1:
+            raise ValueError("max_calls must be >= 1")
+        self.context = context
+        self.dedupe = dedupe
         self.max_calls = max_calls
         self.max_value_tokens = max_value_tokens
         self.endpoint = LlamaCppEndpoint(self.model.base_url, timeout=timeout)
@@ -293,6 +313,14 @@ class ParallelCallDecoder:
         The turn is decoded as a tool-calling turn (OpenAI ``tool_choice="required"``): at least one
         call is made; whether the turn should answer in text instead is the caller's decision.
 
+        Steps and cost (parallel mode, ``slots="pinned"``): one ``/apply-template`` request (plus two
+        once per decoder, probing the template); one names request (the number of calls and their
+        names, in one constrained step; it evaluates the whole prompt unless the slot already holds
+        it); then, for every call, one request per required argument not yet known, the last of
+        which also decides the optional arguments (or, for a call with optional arguments only, one
+        request for them). Each argument request evaluates only its text after the point where it
+        departs from what its slot holds (typically 5-40 tokens; see ``stats.branches[].prompt_n``).
+
         Returns:
             `DecodeResult` with the calls (arguments validated), the mode and the cost.
 
@@ -309,26 +337,53 @@ class ParallelCallDecoder:
         stats = DecodeStats()
         started = time.perf_counter()
         prompt = await self.endpoint.apply_template(msgs, wire_tools([s.wire for s in self.specs.values()]))
+        outline, slot = await self._decode_outline(prompt, stats)
+        names = [name for name, _, _ in outline]
+        if self.slots == "auto":
+            slot = None
+        decoded: list[dict[str, Any] | None] = [None] * len(names)
+        if self.context == "skeleton":
+            # every remaining argument of every call at once; call i's branches continue the prompt
+            # with the outline of calls 0..i-1 as the model wrote it (names, first arguments, the
+            # rest elided), so each branch knows which call it belongs to
+            heads = []
+            text = prompt
+            for name, _, written in outline:
+                heads.append(text + syntax.before_name + name + syntax.after_name)
+                text += syntax.before_name + name + written + syntax.call_sep
+            errors: list[BaseException] = []
+
+            async def one(i: int) -> None:
+                try:
+                    decoded[i] = await self._decode_args(self.specs[names[i]], heads[i], outline[i][1], slot,
+                                                         stats, f"#{i}")
+                except Exception as exc:  # noqa: BLE001 - reported together below
+                    errors.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(len(names)):
+                    tg.start_soon(one, i)
+            if errors:
+                if len(errors) == 1:
+                    raise errors[0]
+                raise DecodingError(f"{len(errors)} of {len(names)} calls failed: "
+                                    + "; ".join(str(e) for e in errors)) from errors[0]
+        else:
+            # calls in sequence, each call's arguments at once, after the earlier calls in full
+            head = prompt
+            for i, (name, first, _) in enumerate(outline):
+                decoded[i] = await self._decode_args(self.specs[name], head + syntax.before_name + name
+                                                     + syntax.after_name, first, slot, stats, f"#{i}")
+                head += syntax.call_text(name, decoded[i]) + syntax.call_sep
         calls: list[ToolCall] = []
-        head = prompt
-        slot: int | None = None
-        for index in range(self.max_calls):
-            name, slot = await self._decode_name(head, index, slot, stats)
-            if self.slots == "auto":
-                slot = None
-            spec = self.specs[name]
-            args = await self._decode_args(spec, head + syntax.before_name + name + syntax.after_name,
-                                           {}, slot, stats, f"#{index}")
+        for i, (name, args) in enumerate(zip(names, decoded, strict=True)):
+            assert args is not None
             arguments = json.dumps(args, ensure_ascii=False)
-            if any(c.name == name and c.arguments == arguments for c in calls):
-                # greedy decoding that repeats a call it already made is looping, not asking twice
-                log.debug("call %d repeats an earlier call (%s); the turn ends here", index, name)
-                break
-            calls.append(ToolCall(id=f"call_{index}", name=name, arguments=arguments))
-            head += syntax.call_text(name, args)
-            if index + 1 == self.max_calls or not await self._more(head, slot, stats, index):
-                break
-            head += syntax.call_sep
+            if self.dedupe and any(c.name == name and c.arguments == arguments for c in calls):
+                # the model named more calls than it could tell apart: a repeated call is dropped
+                log.debug("call %d repeats an earlier call (%s); dropped", i, name)
+                continue
+            calls.append(ToolCall(id=f"call_{len(calls)}", name=name, arguments=arguments))
         stats.wall_seconds = time.perf_counter() - started
         return DecodeResult(calls=calls, mode="parallel", fallback_reason=None, stats=stats)
 
@@ -372,29 +427,81 @@ class ParallelCallDecoder:
         stats.add(label, r)
         return r
 
-    async def _decode_name(self, head: str, index: int, slot: int | None, stats: DecodeStats) -> tuple[str, int]:
+    def _outline_parts(self) -> dict[str, tuple[str | None, str]]:
+        """Per tool: (the argument decoded in the outline or None, the grammar of the text after
+        its name to the end of the call)."""
         syntax = self._syntax
         assert syntax is not None
-        names = sorted(self.specs, key=len, reverse=True)
-        r = await self._request(f"name#{index}", stats, head + syntax.before_name, n_predict=64,
-                                grammar=name_grammar(names, syntax.after_name), id_slot=slot)
-        # the longest name the text starts with (the grammar admits only these)
-        name = next((n for n in names if r.content.startswith(n)
-                     and syntax.after_name.startswith(r.content[len(n):])), None)
-        if name is None:
-            raise DecodingError(f"name branch produced no known tool name: {r.content[:120]!r}")
-        return name, r.id_slot
+        key_sep = syntax.key_sep.rstrip()
+        lead = syntax.key_sep[len(key_sep):]
+        close = lark_string(syntax.call_close)
+        parts: dict[str, tuple[str | None, str]] = {}
+        for name, spec in self.specs.items():
+            required, optional = spec.split()
+            if not required:
+                body = "{" + (ELIDED if optional else "") + "}"
+                parts[name] = (None, f"{lark_string(syntax.after_name + body)} {close}")
+                continue
+            key = required[0]
+            more = len(required) > 1 or bool(optional)
+            rest = lark_string(syntax.item_sep + ELIDED + "}") if more else '"}"'
+            opening = lark_string(syntax.after_name + "{" + json.dumps(key, ensure_ascii=False) + key_sep + lead)
+            parts[name] = (key, f"{opening} %json {json.dumps(spec.value_schema(key))} {rest} {close}")
+        return parts
 
-    async def _more(self, head: str, slot: int | None, stats: DecodeStats, index: int) -> bool:
+    async def _decode_outline(self, prompt: str, stats: DecodeStats
+                              ) -> tuple[list[tuple[str, dict[str, Any], str]], int]:
+        """The number of calls, their names and each call's first required argument, in one
+        constrained request (`outline_grammar`), written as the template writes several calls with
+        the other arguments elided: ``[(name, {first key: value}, text after the name)]``, slot."""
         syntax = self._syntax
         assert syntax is not None
-        # two tokens: a template's separator ("\n") is often written before the end of turn as well,
-        # so only the separator followed by the start of a call means another call
-        r = await self._request(f"more#{index}", stats, head, n_predict=2, id_slot=slot)
-        if not r.content.startswith(syntax.call_sep):
-            return False
-        rest = r.content[len(syntax.call_sep):]
-        return bool(rest) and (syntax.before_name.startswith(rest) or rest.startswith(syntax.before_name))
+        parts = self._outline_parts()
+        names = sorted(self.specs, key=len, reverse=True)
+        grammar = outline_grammar([(n, parts[n][1]) for n in names], call_sep=syntax.call_sep,
+                                  before_name=syntax.before_name, max_calls=self.max_calls)
+        sep = syntax.call_sep + syntax.before_name
+        budget = self.max_calls * (len(names[0]) + len(syntax.after_name) + len(syntax.call_close) + len(sep)
+                                   + 16 + self.max_value_tokens // 4)
+        r = await self._request("outline", stats, prompt + syntax.before_name, n_predict=budget, grammar=grammar,
+                                id_slot=None)
+        if r.stop_type == "limit":
+            raise DecodingError(f"outline step was cut at {budget} tokens: {r.content[:200]!r}")
+        found: list[tuple[str, dict[str, Any], str]] = []
+        text = r.content
+        decoder = json.JSONDecoder()
+        while True:
+            name = next((n for n in names if text.startswith(n + syntax.after_name + "{")), None)
+            if name is None:
+                raise DecodingError(f"outline step produced no known tool name at {text[:120]!r} "
+                                    f"(whole answer {r.content[:200]!r})")
+            key = parts[name][0]
+            pos = len(name) + len(syntax.after_name)
+            first: dict[str, Any] = {}
+            if key is not None:
+                head = "{" + json.dumps(key, ensure_ascii=False) + syntax.key_sep.rstrip()
+                if not text.startswith(head, pos):
+                    raise DecodingError(f"outline step did not write {key!r} of {name}: {text[:160]!r}")
+                start = pos + len(head)
+                start += len(text[start:]) - len(text[start:].lstrip())
+                try:
+                    first[key], end = decoder.raw_decode(text, start)
+                except ValueError as exc:
+                    raise DecodingError(f"outline step wrote no JSON value for {key!r} of {name}: "
+                                        f"{text[start:start + 160]!r}") from exc
+                pos = end
+            end = text.find(syntax.call_close, pos)
+            if end < 0:
+                raise DecodingError(f"outline step did not close the call to {name}: {text[:160]!r}")
+            end += len(syntax.call_close)
+            found.append((name, first, text[len(name):end]))
+            text = text[end:]
+            if not text.startswith(sep):
+                break
+            text = text[len(sep):]
+        if text.strip() not in ("", syntax.call_sep.strip()):
+            raise DecodingError(f"outline step wrote past its calls: {r.content[:200]!r}")
+        return found, r.id_slot
 
     async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
                            stats: DecodeStats, tag: str) -> dict[str, Any]:
@@ -408,20 +515,37 @@ class ParallelCallDecoder:
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
         todo = [k for k in required if k not in partial]
+        rest = [k for k in optional if k not in partial]
+        # the last required branch also decides the optional arguments (one request fewer)
+        tail_key = todo[-1] if todo and rest else None
         values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
         errors: dict[str, BaseException] = {}
         branch_slot = slot if self.slots == "pinned" else None
 
         async def branch(key: str) -> None:
             label = f"arg:{key}{tag}"
+            key_text = json.dumps(key, ensure_ascii=False) + key_sep
+            if key == tail_key:
+                grammar = value_tail_grammar(spec.value_schema(key), [(k, spec.value_schema(k)) for k in rest],
+                                             lead=lead, key_sep=syntax.key_sep, item_sep=syntax.item_sep)
+            else:
+                grammar = value_grammar(spec.value_schema(key), lead)
             try:
-                r = await self._request(label, stats, open_ + json.dumps(key, ensure_ascii=False) + key_sep,
-                                        n_predict=self.max_value_tokens,
-                                        grammar=value_grammar(spec.value_schema(key), lead), id_slot=branch_slot)
+                r = await self._request(label, stats, open_ + key_text, n_predict=self.max_value_tokens,
+                                        grammar=grammar, id_slot=branch_slot)
                 if r.stop_type == "limit":
                     raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
                                         f"before its value ended: {r.content[:120]!r}")
-                values[key] = _parse_value(r.content, label)
+                if key != tail_key:
+                    values[key] = _parse_value(r.content, label)
+                    return
+                try:
+                    full, _ = json.JSONDecoder().raw_decode("{" + key_text + r.content)
+                except ValueError as exc:
+                    raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
+                values[key] = full.pop(key)
+                extra.update(full)
             except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
 
@@ -433,8 +557,9 @@ class ParallelCallDecoder:
             raise DecodingError(f"{spec.name}: {len(errors)} of {len(todo)} argument branches failed: "
                                 f"{detail}") from next(iter(errors.values()))
         args = {**partial, **{k: values[k] for k in required if k in values}}
-        rest = [k for k in optional if k not in partial]
-        if rest:
+        if tail_key is not None:
+            args.update({k: extra[k] for k in rest if k in extra})
+        elif rest:
             args = await self._decode_optional(spec, call_prefix, args, rest, slot, stats, tag)
         spec.validate(args)
         return args
@@ -487,3 +612,50 @@ class ParallelCallDecoder:
                             prompt_tokens_cached=result.usage.cached_tokens,
                             wall_seconds=time.perf_counter() - started)
         return DecodeResult(calls=calls, mode="fallback", fallback_reason=why, stats=stats)
+
+
+async def decode_calls(model: OpenAIChatModel | str, messages: Sequence[dict[str, Any]],
+                       tools: ToolRegistry | Sequence[Tool | dict[str, Any]], *, allow_fallback: bool = False,
+                       **options: Any) -> list[ToolCall]:
+    """The tool calls of the next assistant turn after ``messages``, decoded in parallel, validated.
+
+    The entry point for the planner: one call, one decoder (closed on return).
+
+    Args:
+        model: an `OpenAIChatModel` or an OpenAI base URL of a llama.cpp server (the local engine).
+        messages: the chat so far (e.g. the planner's prompt), OpenAI message dicts.
+        tools: a `ToolRegistry`, or `Tool` objects / OpenAI function specs.
+        allow_fallback: where the endpoint cannot decode in parallel (no ``/completion``, or a
+            template that does not write calls as a name and a JSON object), decode the calls the
+            ordinary way (OpenAI ``tools``) instead of raising.
+        **options: `ParallelCallDecoder` options (``slots``, ``context``, ``max_calls``,
+            ``max_value_tokens``, ``timeout``, ``dedupe``).
+
+    Returns:
+        ``[ToolCall]`` in order, at least one; ``arguments`` is JSON text valid against the tool's
+        parameters (`Tool.validate_args`, or the JSON Schema of a spec).
+
+    Cost (parallel mode, ``slots="pinned"``; see `ParallelCallDecoder.decode_turn`): HTTP requests =
+    1 ``/apply-template`` (+2 template probes, once per decoder) + 1 names request + per call one
+    ``/completion`` per required argument (the last also decides the optional ones; a call with
+    optional arguments only: 1; none at all: 0). Prompt tokens evaluated: the templated prompt once
+    (the names request; fewer when the slot already holds a prefix of it), then per argument
+    request only the text after where it departs from its slot's cache (the call skeleton up to
+    its key, ~5-40 tokens). Tokens decoded: the names (plus the elided skeleton the grammar forces
+    between calls) and each value with one closing delimiter.
+
+    Raises:
+        DecodingError: the endpoint cannot decode in parallel (and ``allow_fallback`` is False), a
+            branch failed or was truncated, a name or arguments did not validate; it names the
+            step or argument.
+        ModelError: the endpoint failed (connection, HTTP error, timeout).
+    """
+    async with ParallelCallDecoder(model, list(tools), **options) as decoder:
+        if not allow_fallback:
+            why = await decoder._why_not_parallel([dict(m) for m in messages])
+            if why is not None:
+                raise DecodingError(f"cannot decode calls in parallel at {decoder.endpoint.root}: {why}")
+        result = await decoder.decode_turn(messages)
+    if not result.calls:
+        raise DecodingError("the decode produced no call")
+    return result.calls

@@ -44,6 +44,7 @@ class Script:
         delay: seconds each ``/completion`` takes (to observe overlap).
         fail_key: an argument whose branch answers HTTP 500.
         truncate_key: an argument whose branch stops at the token limit mid-value.
+        names_cut: the names step stops at its token limit (a model looping on calls).
         raw: False makes ``/apply-template`` and ``/completion`` answer 404 (a plain OpenAI server).
     """
 
@@ -53,6 +54,7 @@ class Script:
     fail_key: str | None = None
     truncate_key: str | None = None
     raw: bool = True
+    names_cut: bool = False
     log: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -135,16 +137,19 @@ class _Handler(BaseHTTPRequestHandler):
         stop = "eos"
         if body.get("n_predict") == 0:
             content = ""
-        elif prompt.endswith('{"name": "'):
-            content = s.calls[index][0] + '"'
-        elif body.get("n_predict") == 2 and prompt.endswith("</tool_call>"):
-            content, stop = ("\n<tool_call>", "limit") if index + 1 < len(s.calls) else ("\n", "eos")
+        elif prompt.endswith('{"name": "'):  # the outline: names and first arguments, the rest elided
+            content = '\n<tool_call>\n{"name": "'.join(_outline_call(body["grammar"], n, a) for n, a in s.calls)
+            stop = "limit" if s.names_cut else "eos"
         elif m := re.search(r'"([^"]+)":$', prompt):
             key = m.group(1)
             if key == s.fail_key:
                 return 500, {"error": {"code": 500, "message": "slot crashed"}}
-            value = json.dumps(s.calls[index][1][key], ensure_ascii=False)
+            name, args = s.calls[index]
+            value = json.dumps(args[key], ensure_ascii=False)
             content = " " + value + ","
+            if "t0:" in body.get("grammar", ""):  # the last required branch also writes the optional tail
+                extra = {k: v for k, v in args.items() if k not in s.required.get(name, [])}
+                content = " " + value + (", " + json.dumps(extra, ensure_ascii=False)[1:] if extra else "}")
             if key == s.truncate_key:
                 content, stop = " " + value[: len(value) // 2], "limit"
         else:  # the optional tail after the required pairs
@@ -160,3 +165,22 @@ class _Handler(BaseHTTPRequestHandler):
         return 200, {"content": content, "tokens_predicted": max(1, len(content) // 3), "stop_type": stop,
                      "id_slot": 0 if slot is None else slot,
                      "timings": {"prompt_n": 5, "cache_n": len(prompt) // 4}}
+
+
+_LIT = r'"(?:[^"\\]|\\.)*"'
+
+
+def _outline_call(grammar: str, name: str, args: dict[str, Any]) -> str:
+    """One call of the outline as the grammar's rule for ``name`` writes it, with the script's
+    value for the argument the rule decodes (``%json``)."""
+    lit = json.dumps(name)
+    line = next((ln for ln in grammar.splitlines() if re.match(rf"c\d+: {re.escape(lit)} ", ln)), None)
+    if line is None:  # a tool the grammar does not admit: written anyway (the decoder must refuse it)
+        return name + '"'
+    rest = line.split(": ", 1)[1][len(lit) + 1:]
+    if "%json" not in rest:
+        return name + "".join(json.loads(x) for x in re.findall(_LIT, rest))
+    opening, tail = rest.split(" %json ", 1)
+    key = re.search(r'"([^"]+)":\s*$', json.loads(opening)).group(1)
+    closing = re.findall(_LIT, tail)[-2:]
+    return name + json.loads(opening) + json.dumps(args[key], ensure_ascii=False) + "".join(map(json.loads, closing))

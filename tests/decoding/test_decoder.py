@@ -10,7 +10,12 @@ import pytest
 from _fake_llamacpp import FakeServer, Script, render
 
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
-from agentrt.decoding._grammar import name_grammar, optional_tail_grammar, value_grammar
+from agentrt.decoding._grammar import (
+    name_grammar,
+    names_grammar,
+    optional_tail_grammar,
+    value_grammar,
+)
 from agentrt.errors import DecodingError
 from agentrt.tools import tool
 
@@ -31,7 +36,12 @@ PLACE = {"type": "function", "function": {
                   "required": ["lat", "lon"]},
         "note": {"type": "string"}},
         "required": ["where", "note"]}}}
-REQUIRED = {"weather.get": ["city", "unit"], "geo.place": ["where", "note"]}
+TRIP = {"type": "function", "function": {
+    "name": "trip.plan", "description": "Plan a trip",
+    "parameters": {"type": "object", "properties": {
+        "origin": {"type": "string"}, "to": {"type": "string"}, "date": {"type": "string"}},
+        "required": ["origin", "to", "date"]}}}
+REQUIRED = {"weather.get": ["city", "unit"], "geo.place": ["where", "note"], "trip.plan": ["origin", "to", "date"]}
 ASK = [{"role": "user", "content": "Weather in Paris?"}]
 
 
@@ -65,25 +75,29 @@ def test_grammars_admit_only_the_tool_names_and_each_argument_schema() -> None:
 
 
 async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> None:
-    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED, delay=0.3)
+    trip = {"origin": "Oslo", "to": "Paris", "date": "2026-12-01"}
+    script = Script(calls=[("trip.plan", trip)], required=REQUIRED, delay=0.3)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER], slots="spread") as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], slots="spread") as decoder:
             result = await decoder.decode_turn(ASK)
     assert result.mode == "parallel" and not result.fallback
-    assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [
-        ("weather.get", {"city": "Paris", "unit": "celsius"})]
+    assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [("trip.plan", trip)]
     branches = {b.label: b for b in result.stats.branches}
-    city, unit = branches["arg:city#0"], branches["arg:unit#0"]
-    assert city.started < unit.ended and unit.started < city.ended, "argument branches did not overlap"
+    # the outline decided the call and its first argument; the other two decode at once
+    assert set(branches) == {"outline", "arg:to#0", "arg:date#0"}
+    to, date = branches["arg:to#0"], branches["arg:date#0"]
+    assert to.started < date.ended and date.started < to.ended, "argument branches did not overlap"
     # the skeleton is not decoded: each value branch continues the prefix up to its own key
     prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert any(p.endswith('{"name": "weather.get", "arguments": {"city":') for p in prompts)
-    assert any(p.endswith('{"name": "weather.get", "arguments": {"unit":') for p in prompts)
+    assert any(p.endswith('{"name": "trip.plan", "arguments": {"origin": "Oslo", "to":') for p in prompts)
+    assert any(p.endswith('{"name": "trip.plan", "arguments": {"origin": "Oslo", "date":') for p in prompts)
+    # the outline admits each tool with its own first argument's schema, the rest elided
+    outline = completions(script)[0]["body"]["grammar"]
+    assert 'c0: "weather.get" "\\", \\"arguments\\": {\\"city\\": " %json {"type": "string"} ", ...}"' in outline
     # each branch carries its own schema, without annotations
     grammars = [e["body"].get("grammar", "") for e in completions(script)]
-    assert any('%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in g for g in grammars)
     assert not any("city name" in g for g in grammars)
-    assert result.stats.requests == len(completions(script))
+    assert result.stats.requests == len(completions(script)) == 3
 
 
 async def test_pinned_slots_send_every_request_of_a_call_to_the_name_slot() -> None:
@@ -104,8 +118,11 @@ async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_deco
         with FakeServer(script) as server:
             async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
                 out.append(json.loads((await decoder.decode(ASK))[0].arguments))
+        # the last required branch (unit) also decides the optional ones: no extra request
         tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
-        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"city": "Paris", "unit": "celsius"')
+        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"arguments": {"city": "Paris", "unit":')
+        assert '%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in tail[0]["body"]["grammar"]
+        assert len(completions(script)) == 2  # the outline (name, city), unit (+ optional tail)
     assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
 
 
@@ -118,21 +135,58 @@ async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
             calls = await decoder.decode([{"role": "user", "content": "describe"}])
     assert calls[0].name == "geo.place"
     assert json.loads(calls[0].arguments) == args
-    grammar = next(e["body"]["grammar"] for e in completions(script) if e["body"]["prompt"].endswith('"where":'))
+    grammar = completions(script)[0]["body"]["grammar"]  # the outline decodes "where", the first argument
     assert '"required": ["lat", "lon"]' in grammar and '"items": {"type": "string"}' in grammar
 
 
-async def test_several_calls_in_one_turn_continue_after_each_other() -> None:
+async def test_several_calls_in_one_turn_every_argument_of_every_call_at_once() -> None:
     script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
                            ("weather.get", {"city": "Rome", "unit": "fahrenheit", "days": 2})],
-                    required=REQUIRED)
+                    required=REQUIRED, delay=0.3)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE]) as decoder:
-            calls = await decoder.decode(ASK)
-    assert [json.loads(c.arguments) for c in calls] == [
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], slots="spread") as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [json.loads(c.arguments) for c in result.calls] == [
         {"city": "Paris", "unit": "celsius"}, {"city": "Rome", "unit": "fahrenheit", "days": 2}]
-    second = [e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"city":')][-1]
-    assert '"arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>' in second
+    # one outline step decided both calls and their cities; then both units at once
+    outline = [e for e in completions(script) if e["body"]["prompt"].endswith('{"name": "')]
+    assert len(outline) == 1 and len(completions(script)) == 3
+    args = [b for b in result.stats.branches if b.label.startswith("arg:")]
+    assert len(args) == 2 and max(b.started for b in args) < min(b.ended for b in args), "branches did not overlap"
+    # call 2's branches know they are call 2: call 1 is written before them as the outline wrote it
+    second = next(e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"unit":')
+                  and "Rome" in e["body"]["prompt"])
+    assert second.endswith('{"name": "weather.get", "arguments": {"city": "Paris", ...}}\n</tool_call>\n<tool_call>\n'
+                           '{"name": "weather.get", "arguments": {"city": "Rome", "unit":')
+
+
+async def test_decoded_context_writes_earlier_calls_in_full() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
+                           ("geo.place", {"where": {"lat": 1, "lon": 2}, "note": "n"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], context="decoded") as decoder:
+            calls = await decoder.decode(ASK)
+        with pytest.raises(ValueError, match="context must be"):
+            ParallelCallDecoder(server.base_url, [WEATHER], context="guess")  # type: ignore[arg-type]
+    assert [c.name for c in calls] == ["weather.get", "geo.place"]
+    note = next(e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"note":'))
+    assert '"arguments": {"city": "Paris", "unit": "celsius"}}\n</tool_call>\n<tool_call>' in note
+
+
+async def test_outline_is_one_request_bounded_by_max_calls() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED,
+                    names_cut=True)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], max_calls=3) as decoder:
+            with pytest.raises(DecodingError, match="outline step was cut"):
+                await decoder.decode(ASK)
+    grammar = completions(script)[0]["body"]["grammar"]
+    # the two names only, and at most two more calls after the first
+    assert "c: c0 | c1\n" in grammar and [ln.split('" ')[0] for ln in grammar.splitlines()[-2:]] == [
+        'c0: "weather.get', 'c1: "geo.place']
+    assert grammar.count('"<tool_call>\\n{\\"name\\": \\"" c') == 2
+    g1 = names_grammar(["a"], after_call="}", call_sep="\n", before_name="<c>", max_calls=1)
+    assert "<c>" not in g1 and g1.rstrip().endswith('n: "a"')
 
 
 async def test_unknown_tool_name_is_an_error_never_a_call() -> None:
@@ -145,7 +199,7 @@ async def test_unknown_tool_name_is_an_error_never_a_call() -> None:
 
 async def test_a_failed_branch_raises_a_clear_error_naming_the_argument() -> None:
     for kw, pattern in (({"fail_key": "unit"}, r"unit: branch arg:unit#0 failed: .*HTTP 500"),
-                        ({"truncate_key": "city"}, r"city: branch arg:city#0 was cut")):
+                        ({"truncate_key": "unit"}, r"unit: branch arg:unit#0 was cut")):
         script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED, **kw)
         with FakeServer(script) as server:
             async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
@@ -186,10 +240,9 @@ async def test_decode_arguments_for_a_known_tool_with_partial_arguments() -> Non
         async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
             args, stats = await decoder.decode_arguments("weather.get", ASK, partial={"city": "Paris"})
     assert args == {"city": "Paris", "unit": "celsius"}
-    branch_prompts = [e["body"]["prompt"] for e in completions(script) if "%json" in e["body"].get("grammar", "")
-                      and "t0" not in e["body"]["grammar"]]
+    branch_prompts = [e["body"]["prompt"] for e in completions(script)]
     assert len(branch_prompts) == 1 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
-    assert stats.requests == 2  # the unit branch and the optional step
+    assert stats.requests == 1  # the unit branch, which also decides the optional "days"
 
 
 def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:
@@ -202,7 +255,7 @@ def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:
     assert not calls and errors
 
 
-async def test_a_repeated_call_ends_the_turn() -> None:
+async def test_a_repeated_call_is_dropped() -> None:
     same = ("weather.get", {"city": "Paris", "unit": "celsius"})
     script = Script(calls=[same, same, same], required=REQUIRED)
     with FakeServer(script) as server:
@@ -219,4 +272,4 @@ async def test_auto_slots_pin_nothing() -> None:
         with pytest.raises(ValueError, match="slots must be"):
             ParallelCallDecoder(server.base_url, [WEATHER], slots="anywhere")  # type: ignore[arg-type]
     assert json.loads(calls[0].arguments)["days"] == 2
-    assert len(completions(script)) == 5 and all("id_slot" not in e["body"] for e in completions(script))
+    assert len(completions(script)) == 2 and all("id_slot" not in e["body"] for e in completions(script))
