@@ -14,7 +14,7 @@ import anyio
 import anyio.to_thread
 
 from agentrt.config import LOCAL_MODEL_NAME, Settings, get_settings
-from agentrt.errors import UsageLimitExceeded
+from agentrt.errors import ModelError, UsageLimitExceeded
 from agentrt.executor import (
     ExecutorBackend,
     LocalBackend,
@@ -227,7 +227,8 @@ class Agent:
                 the planner.
 
         Raises:
-            ModelError: the model endpoint failed after its retries.
+            ModelError: the model endpoint failed after its retries; ``partial`` is the `RunResult`
+                so far (finished tool results kept), or None.
             ModelNotInstalled: no endpoint is configured and the local model is not installed.
             UsageLimitExceeded: a usage limit was reached; ``partial`` is the `RunResult` so far
                 (finished tool results kept, running calls cancelled, ``partial=True``).
@@ -326,7 +327,7 @@ class Agent:
                 context = f"Learned about this context while idle:\n{learned}" + (f"\n\n{context}" if context else "")
             try:
                 res = await compiler.run(question, context=context or None)
-            except UsageLimitExceeded as exc:
+            except (UsageLimitExceeded, ModelError) as exc:
                 if isinstance(exc.partial, CompilerResult):
                     if store is not None:
                         await self._remember(store, tracer, question, exc.partial)

@@ -45,7 +45,14 @@ class ConfigError(AgentrtError):
 
 
 class ModelError(AgentrtError):
-    """A model endpoint failed, or answered with something that is not a valid completion."""
+    """A model endpoint failed, or answered with something that is not a valid completion.
+
+    Attributes:
+        partial: set when a run stopped on this error: what it had gathered (finished tool
+            results kept, e.g. round 1's when the replan call failed), else None.
+    """
+
+    partial: object = None
 
 
 class ModelTimeout(ModelError):

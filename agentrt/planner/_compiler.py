@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 import anyio
 
-from agentrt.errors import ConfigError, UsageLimitExceeded
+from agentrt.errors import ConfigError, ModelError, UsageLimitExceeded
 from agentrt.executor import (
     LocalBackend,
     Scheduler,
@@ -282,7 +282,8 @@ class LLMCompiler:
         """Answer ``question``; ``context`` (e.g. learned facts) is given to the planner.
 
         Raises:
-            ModelError: the model endpoint failed (after its retries).
+            ModelError: the model endpoint failed (after its retries); its ``partial`` holds the
+                `CompilerResult` so far (e.g. round 1's results when a replan call failed).
             UsageLimitExceeded: a usage limit was reached; ``partial`` holds the
                 `CompilerResult` so far (finished results kept, running calls cancelled).
         """
@@ -324,22 +325,34 @@ class LLMCompiler:
         except BaseException as exc:
             hit = _find_limit(exc)
             if hit is None:
-                raise _unwrap(exc) from None
+                err = _unwrap(exc)
+                if isinstance(err, ModelError):  # keep what finished, e.g. round 1's results
+                    self._stopped(res, t0, tool_spans, f"model error: {err}")
+                    err.partial = res
+                raise err from None
             stop = str(hit)
         finally:
             if self._parallel is not None:
                 await self._parallel.aclose()
                 self._parallel = None
+        self._stopped(res, t0, tool_spans, stop)
+        if stop is not None:
+            raise UsageLimitExceeded(stop, partial=res)
+        return res
+
+    @staticmethod
+    def _stopped(res: CompilerResult, t0: float, tool_spans: dict[int, Span], stop: str | None) -> None:
+        """Close the books of a run: wall time, critical path, spans of calls still open; when it
+        stopped early (``stop`` says why), unfinished calls become ``cancelled`` results."""
         res.wall_seconds = time.perf_counter() - t0
         res.critical_path = critical_path(res.tasks, res.results)
         for span in tool_spans.values():  # calls cancelled when the run stopped
             record_tool_result(span, ToolUsage(), ok=False, error_kind="cancelled")
+        tool_spans.clear()
         if stop is not None:
             for tid in res.tasks.keys() - res.results.keys():
                 res.results[tid] = ToolResult.failure("cancelled", f"run stopped: {stop}")
             res.partial, res.reason = True, stop
-            raise UsageLimitExceeded(stop, partial=res)
-        return res
 
     async def _rounds(self, question: str, context: str | None, res: CompilerResult) -> None:
         feedback: str | None = None

@@ -15,6 +15,7 @@ import anyio
 import pytest
 from _scripted import ScriptedModel, make_registry
 
+from agentrt.errors import ModelTimeout
 from agentrt.executor import TaskStarted
 from agentrt.llm import Completion, Usage
 from agentrt.planner import FaithfulLLMCompiler, LLMCompiler, PlanExample, ReAct
@@ -84,6 +85,23 @@ async def test_replan_keeps_finished_results_and_plans_only_the_rest() -> None:
     assert "search(query=\"a\")" in replan_prompt and "result for a" in replan_prompt
     assert "ERROR(tool_error)" in replan_prompt and "numbered from 3" in replan_prompt
     assert any(isinstance(e, JoinDecision) and e.action == "replan" for e in events)
+
+
+async def test_model_timeout_in_a_replan_keeps_round_one_results() -> None:
+    class TimesOutOnReplan(ScriptedModel):
+        async def complete(self, messages, *, stream=False, response_format=None, **kw):
+            if stream and response_format is None and self.planner_prompts:  # the second plan call
+                raise ModelTimeout("no answer within 1 s")
+            return await super().complete(messages, stream=stream, response_format=response_format, **kw)
+
+    plans = [['1. search(query="a")\n2. search(query="boom")\n3. join()']]
+    joins = [{"thought": "task 2 failed, retry", "action": "replan", "answer": ""}]
+    with pytest.raises(ModelTimeout) as info:
+        await LLMCompiler(TimesOutOnReplan(plans, joins), make_registry([])).run("q")
+    partial = info.value.partial
+    assert partial is not None and partial.partial and "model error" in partial.reason
+    assert partial.results[1].ok and partial.results[1].value == "result for a"
+    assert partial.results[2].error_kind == "tool_error" and partial.rounds == 2
 
 
 async def test_replan_that_reuses_an_old_id_is_rejected() -> None:

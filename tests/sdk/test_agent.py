@@ -9,7 +9,7 @@ import pytest
 from _scripted import ScriptedModel, make_registry
 
 from agentrt import Agent, UsageLimits
-from agentrt.errors import UsageLimitExceeded
+from agentrt.errors import ModelError, ModelHTTPError, UsageLimitExceeded
 from agentrt.events import (
     AnswerDelta,
     RunFinished,
@@ -74,6 +74,21 @@ async def test_run_limit_overrides_the_agents_and_partial_is_a_run_result() -> N
     with pytest.raises(UsageLimitExceeded, match="total tokens") as info:
         await agent.run("q", usage_limits=UsageLimits(max_total_tokens=50))
     assert info.value.partial.llm_calls == 1 and info.value.partial.partial
+
+
+async def test_a_model_error_mid_run_carries_the_finished_results() -> None:
+    class FailsOnJoin(ScriptedModel):
+        async def complete(self, messages, *, stream=False, response_format=None, **kw):
+            if response_format is not None:  # the joiner's call
+                raise ModelHTTPError("endpoint answered 503", status_code=503, body="overloaded")
+            return await super().complete(messages, stream=stream, response_format=response_format, **kw)
+
+    agent = Agent(FailsOnJoin([PLAN], []), make_registry([]), memory=False)
+    with pytest.raises(ModelError) as info:
+        await agent.run("q")
+    part = info.value.partial
+    assert part.partial and "503" in part.reason
+    assert {k: r.value for k, r in part.results.items()} == {1: "result for a", 2: "result for b"}
 
 
 async def test_cost_comes_from_genai_prices_with_cached_input_cheaper() -> None:
