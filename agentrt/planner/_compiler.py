@@ -169,16 +169,32 @@ def _find_limit(exc: BaseException) -> _LimitReached | None:
     return None
 
 
-def _describe_results(tasks: dict[int, Task], results: dict[int, ToolResult], limit: int = 700) -> str:
+#: characters of a result the joiner sees when later calls consumed it and all of them succeeded:
+#: its content reached the answer through them, and its full text (search pages, file bodies)
+#: was about half of the joiner's prompt on ParallelQA, i.e. seconds of prompt evaluation there
+CONSUMED_RESULT_CHARS = 200
+
+
+def _describe_results(tasks: dict[int, Task], results: dict[int, ToolResult], limit: int = 700,
+                      consumed_limit: int | None = None) -> str:
     """Each task and its result, for the joiner and the replanner. A task whose references all
     resolved is also shown with their values (``calculator(expression="443 - 356")``), which a
-    small model reads far more reliably than ``$1 - $2``."""
+    small model reads far more reliably than ``$1 - $2``. With ``consumed_limit``, a result that
+    other tasks took as input, all of them successfully, is cut to that many characters."""
     values = {k: r.value for k, r in results.items() if r.ok}
+    consumers: dict[int, list[int]] = {}
+    for task in tasks.values():
+        for dep in task.deps:
+            consumers.setdefault(dep, []).append(task.id)
     lines = []
     for tid in sorted(tasks):
         task = tasks[tid]
         r = results.get(tid)
-        out = r.describe(limit) if r is not None else "(not run)"
+        lim = limit
+        if consumed_limit is not None and r is not None and r.ok and consumers.get(tid) and all(
+                (c := results.get(u)) is not None and c.ok for u in consumers[tid]):
+            lim = min(limit, consumed_limit)
+        out = r.describe(lim) if r is not None else "(not run)"
         head = task.render()
         if task.deps and task.deps <= values.keys():
             resolved = Task.model_construct(id=task.id, tool=task.tool, deps=frozenset(), thought=None,
@@ -222,6 +238,9 @@ class LLMCompiler:
             every call successful its schema allows only an answer, because the local model
             asked for spurious replans of complete results; ``"joiner"`` lets it decide freely.
     """
+
+    #: the joiner sees a result that later calls consumed cut to this many characters (None: whole)
+    joiner_consumed_chars: int | None = CONSUMED_RESULT_CHARS
 
     def __init__(
         self,
@@ -548,7 +567,8 @@ class LLMCompiler:
         res.results.update(results)
 
     async def _join(self, question: str, res: CompilerResult) -> JoinDecision:
-        body = _describe_results(res.tasks, res.results) or "(no tool call was made)"
+        body = _describe_results(res.tasks, res.results,
+                                 consumed_limit=self.joiner_consumed_chars) or "(no tool call was made)"
         if res.issues:
             body += "\nPlan problems:\n" + "\n".join(f"- {i.message}" for i in res.issues[-5:])
         msgs = [

@@ -30,7 +30,10 @@ class _RoundAborted(Exception):
 
 
 class FaithfulLLMCompiler(LLMCompiler):
-    """`LLMCompiler` with the original's line-buffered dispatch, polling and no failure isolation."""
+    """`LLMCompiler` with the original's line-buffered dispatch, polling and no failure isolation;
+    its joiner sees every result whole, as the original's does."""
+
+    joiner_consumed_chars = None
 
     async def _plan_and_execute(self, question: str, context: str | None, feedback: str | None,
                                 res: CompilerResult) -> None:

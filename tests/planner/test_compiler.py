@@ -20,6 +20,7 @@ from agentrt.executor import TaskStarted
 from agentrt.llm import Completion, Usage
 from agentrt.planner import FaithfulLLMCompiler, LLMCompiler, PlanExample, ReAct
 from agentrt.planner._events import JoinDecision, PlanIssueSeen, TaskAdded
+from agentrt.tools import ToolRegistry, tool
 
 pytestmark = pytest.mark.anyio
 
@@ -102,6 +103,54 @@ async def test_model_timeout_in_a_replan_keeps_round_one_results() -> None:
     assert partial is not None and partial.partial and "model error" in partial.reason
     assert partial.results[1].ok and partial.results[1].value == "result for a"
     assert partial.results[2].error_kind == "tool_error" and partial.rounds == 2
+
+
+async def test_joiner_sees_consumed_results_shortened_and_the_rest_whole() -> None:
+    from agentrt.planner._compiler import CONSUMED_RESULT_CHARS
+
+    registry = make_registry([])
+
+    @tool
+    def page(name: str) -> str:
+        """A long page about something.
+
+        Args:
+            name: what the page is about.
+        """
+        return f"{name}: " + "lorem ipsum " * 100
+
+    @tool
+    def length(text: str) -> int:
+        """Characters in a text.
+
+        Args:
+            text: the text.
+        """
+        return len(text)
+
+    registry = ToolRegistry([*registry, page, length])
+    plan = ['1. page(name="used")\n2. page(name="leaf")\n3. length(text=$1)\n4. join()']
+    for cls, cut in ((LLMCompiler, True), (FaithfulLLMCompiler, False)):
+        model = ScriptedModel([plan], [{"thought": "t", "action": "answer", "answer": "a"}])
+        seen: list[Any] = []
+        orig = model.complete
+
+        async def spy(messages, _orig=orig, _seen=seen, **kw):
+            if kw.get("response_format") is not None:
+                _seen.append(messages[-1].content)
+            return await _orig(messages, **kw)
+
+        model.complete = spy
+        res = await cls(model, registry).run("q")
+        assert res.results[3].value == len("used: " + "lorem ipsum " * 100)
+        body = seen[0]
+        used_line = next(line for line in body.splitlines() if line.startswith("   -> used:"))
+        leaf_line = next(line for line in body.splitlines() if line.startswith("   -> leaf:"))
+        assert len(leaf_line) > 600  # a result nothing consumed: whole (up to the usual 700)
+        if cut:
+            assert len(used_line) <= len("   -> ") + CONSUMED_RESULT_CHARS
+        else:
+            assert len(used_line) == len(leaf_line)
 
 
 async def test_replan_that_reuses_an_old_id_is_rejected() -> None:
