@@ -5,18 +5,28 @@ arguments weakly dependent, so only the name and the values need decoding, the v
 
 1. The server's chat template renders the messages and tools (``/apply-template``); the text it
    writes around a call is learned from a probe rendering (`derive_call_syntax`).
-2. Name: one request continues ``prompt + before_name`` under a grammar that admits only the tool
-   names (an enum of exact strings, dots allowed), so an unknown tool cannot be produced.
-3. Skeleton: ``after_name + "{" + '"key":'`` is written by us, never decoded.
-4. Required arguments: one branch per argument, all issued at once, each continuing
-   ``prompt + call so far + '"key":'`` under that argument's JSON Schema (``%json``), each ending
-   at its own value (the grammar stops it one delimiter after the value).
-5. Optional arguments: one request continues the object after the required pairs; its first token
-   is constrained to ``}`` (none present) or the start of an optional pair, so absence costs one
-   token; present ones are decoded there, each under its schema.
+2. Outline (one request): the number of calls, their names and each call's first required
+   argument, written as the template writes several calls with the other arguments elided
+   (``<tool_call>{"name": "spotify.play", "arguments": {"artist": "Taylor Swift", ...}}</tool_call>``
+   twice for Qwen2.5), under a grammar that admits only the tool names and, per tool, its first
+   argument's JSON Schema (`outline_grammar`). Deciding the count from names alone does not work on
+   small models: with every call's arguments elided, Qwen2.5-Coder-1.5B repeated the same elided
+   call up to the cap (8 calls for a 2-call BFCL question, seen here); the first value tells the
+   model which calls it has made.
+3. Skeleton: ``after_name + "{" + first pair + '"key":'`` is written by us, never decoded.
+4. Remaining required arguments of every call: one branch per argument, all issued at once, each
+   continuing ``prompt + outline of the earlier calls + this call so far + '"key":'`` under that
+   argument's JSON Schema (``%json``), each ending at its own value (the grammar stops it one
+   delimiter after the value). Call i's branches see calls 0..i-1 as the outline wrote them
+   (``context="skeleton"``), so each knows which call it belongs to; ``context="decoded"`` decodes
+   the calls one after another instead, each after the earlier calls in full.
+5. Optional arguments: the last required branch continues past its value; its first token after
+   the value is ``}`` (none present) or the start of an optional pair, so absence costs one token
+   and no request; present ones are decoded there, each under its schema. A call with optional
+   arguments only has one request for them.
 6. The object is assembled and validated (`Tool.validate_args`, or the JSON Schema); a failed
-   branch raises `DecodingError` naming the argument - never a malformed call.
-7. More calls: one token after the call's closing text decides whether another call follows.
+   branch raises `DecodingError` naming the argument - never a malformed call. A call identical to
+   an earlier one of the turn is dropped (``dedupe``).
 
 Prefix reuse (measured here on llama.cpp b-2026 via xllamacpp, 4 slots, ``cache_prompt``): a
 slot reuses only its own KV cache, so a branch on another slot re-evaluates the whole prompt
@@ -53,7 +63,13 @@ from agentrt.decoding._grammar import (
 )
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion
 from agentrt.decoding._standard import decode_standard, wire_tools
-from agentrt.decoding._template import CallSyntax, derive_call_syntax, probe_messages
+from agentrt.decoding._template import (
+    JSON_CALL_LINES,
+    JSON_CALLS,
+    CallSyntax,
+    derive_call_syntax,
+    probe_messages,
+)
 from agentrt.errors import DecodingError, InvalidArguments, ModelError
 from agentrt.llm import OpenAIChatModel, ToolCall
 from agentrt.tools import Tool, ToolRegistry
@@ -63,7 +79,8 @@ __all__ = ["BranchRecord", "DecodeResult", "DecodeStats", "ParallelCallDecoder",
 log = logging.getLogger(__name__)
 
 Slots = Literal["pinned", "spread", "auto"]
-Context = Literal["skeleton", "decoded"]
+Context = Literal["incremental", "skeleton", "decoded"]
+Framing = Literal["json", "json_lines", "template"]
 #: What stands for the arguments not yet decoded in the outline and in later calls' prefixes: the
 #: model sees that the call has more arguments without their values.
 ELIDED = "..."
@@ -206,6 +223,21 @@ def _spec(tool: Tool | dict[str, Any]) -> _Spec:
     return _Spec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}, None)
 
 
+def _inner(syntax: CallSyntax, args: dict[str, Any]) -> str:
+    """The pairs of ``args`` as ``syntax`` writes them, without the braces."""
+    return json.dumps(args, ensure_ascii=False, separators=(syntax.item_sep, syntax.key_sep))[1:-1]
+
+
+def _close_object(text: str) -> Any:
+    """The JSON object ``text`` starts with; a pretty-printed one whose branch stopped at the
+    newline after its last value is closed first. Raises ValueError when there is none."""
+    text = text.rstrip()
+    if not text.endswith("}"):
+        text += "}"
+    value, _ = json.JSONDecoder().raw_decode(text)
+    return value
+
+
 def _parse_value(content: str, label: str) -> Any:
     text = content.lstrip()
     try:
@@ -227,13 +259,21 @@ class ParallelCallDecoder:
         slots: ``"pinned"``, ``"spread"`` or ``"auto"`` (see the module doc: prefix reuse vs
             concurrency vs waiting behind other users of a shared server).
         max_calls: most calls decoded in one turn (the names step's grammar admits no more).
-        context: what call i's argument branches see of the calls before it: ``"skeleton"``
-            (default; every argument of every call decoded at once, earlier calls written with
-            their names and ``{...}`` for their arguments, so a branch knows which call it is) or
-            ``"decoded"`` (calls one after another, each call's arguments at once, after the
-            earlier calls written in full). On a server whose branches queue on one slot
-            (``slots="pinned"``) both cost the same time; ``"skeleton"`` overlaps more elsewhere.
+        context: how the calls of a turn are decided and what call i's branches see of the calls
+            before it. ``"incremental"`` (default): one request decides whether another call
+            follows, its name and first argument, after the earlier calls written in full; then
+            that call's other arguments decode at once. ``"skeleton"``: one outline request
+            decides every call's name and first argument (the rest elided), then every other
+            argument of every call decodes at once, each after the outline of the earlier calls.
+            ``"decoded"``: the same outline, then calls one after another, each after the earlier
+            calls in full. On Qwen2.5-Coder-1.5B the one-request outline gets the number of calls
+            wrong (see the module doc), so ``"incremental"`` is the default; on a server whose
+            branches queue on one slot (``slots="pinned"``) the three cost about the same time.
         dedupe: drop a call identical (name and arguments) to an earlier one of the same turn.
+        framing: how a turn's calls are written for the model to continue: ``"json"`` (default;
+            `JSON_CALLS`, ``{"calls": [{"name", "arguments"}, ...]}`` after the generation prompt,
+            the framing in which small models split a request into several calls) or
+            ``"template"`` (the chat template's own tool-call syntax, learned from a probe).
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
         timeout: seconds one request may take, queueing included: llama.cpp answers a
@@ -247,8 +287,8 @@ class ParallelCallDecoder:
 
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
-                 model_name: str | None = None, timeout: float = 900.0, context: Context = "skeleton",
-                 dedupe: bool = True) -> None:
+                 model_name: str | None = None, timeout: float = 900.0, context: Context = "incremental",
+                 dedupe: bool = True, framing: Framing = "json") -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:
@@ -259,11 +299,14 @@ class ParallelCallDecoder:
         if slots not in ("pinned", "spread", "auto"):
             raise ValueError(f"slots must be 'pinned', 'spread' or 'auto', not {slots!r}")
         self.slots = slots
-        if context not in ("skeleton", "decoded"):
-            raise ValueError(f"context must be 'skeleton' or 'decoded', not {context!r}")
+        if context not in ("incremental", "skeleton", "decoded"):
+            raise ValueError(f"context must be 'incremental', 'skeleton' or 'decoded', not {context!r}")
         if max_calls < 1:
             raise ValueError("max_calls must be >= 1")
         self.context = context
+        if framing not in ("json", "json_lines", "template"):
+            raise ValueError(f"framing must be 'json', 'json_lines' or 'template', not {framing!r}")
+        self.framing = framing
         self.dedupe = dedupe
         self.max_calls = max_calls
         self.max_value_tokens = max_value_tokens
@@ -332,12 +375,16 @@ class ParallelCallDecoder:
         why = await self._why_not_parallel(msgs)
         if why is not None:
             return await self._fallback(msgs, why)
-        assert self._syntax is not None
-        syntax = self._syntax
+        syntax = self._turn_syntax()
         stats = DecodeStats()
         started = time.perf_counter()
         prompt = await self.endpoint.apply_template(msgs, wire_tools([s.wire for s in self.specs.values()]))
-        outline, slot = await self._decode_outline(prompt, stats)
+        prompt += syntax.opening
+        if self.context == "incremental":
+            calls = await self._decode_incremental(prompt, syntax, stats)
+            stats.wall_seconds = time.perf_counter() - started
+            return DecodeResult(calls=calls, mode="parallel", fallback_reason=None, stats=stats)
+        outline, slot = await self._decode_outline(prompt, syntax, stats)
         names = [name for name, _, _ in outline]
         if self.slots == "auto":
             slot = None
@@ -356,7 +403,7 @@ class ParallelCallDecoder:
             async def one(i: int) -> None:
                 try:
                     decoded[i] = await self._decode_args(self.specs[names[i]], heads[i], outline[i][1], slot,
-                                                         stats, f"#{i}")
+                                                         stats, f"#{i}", syntax)
                 except Exception as exc:  # noqa: BLE001 - reported together below
                     errors.append(exc)
 
@@ -373,7 +420,7 @@ class ParallelCallDecoder:
             head = prompt
             for i, (name, first, _) in enumerate(outline):
                 decoded[i] = await self._decode_args(self.specs[name], head + syntax.before_name + name
-                                                     + syntax.after_name, first, slot, stats, f"#{i}")
+                                                     + syntax.after_name, first, slot, stats, f"#{i}", syntax)
                 head += syntax.call_text(name, decoded[i]) + syntax.call_sep
         calls: list[ToolCall] = []
         for i, (name, args) in enumerate(zip(names, decoded, strict=True)):
@@ -427,39 +474,45 @@ class ParallelCallDecoder:
         stats.add(label, r)
         return r
 
-    def _outline_parts(self) -> dict[str, tuple[str | None, str]]:
+    def _turn_syntax(self) -> CallSyntax:
+        """How this decoder writes a turn's calls (``framing``)."""
+        if self.framing == "json":
+            return JSON_CALLS
+        if self.framing == "json_lines":
+            return JSON_CALL_LINES
+        assert self._syntax is not None
+        return self._syntax
+
+    def _outline_parts(self, syntax: CallSyntax) -> dict[str, tuple[str | None, str, str]]:
         """Per tool: (the argument decoded in the outline or None, the grammar of the text after
-        its name to the end of the call)."""
-        syntax = self._syntax
-        assert syntax is not None
+        its name to the end of the call, the text the grammar forces after that argument's value
+        (after the name when there is none) to the end of the call)."""
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
-        close = lark_string(syntax.call_close)
-        parts: dict[str, tuple[str | None, str]] = {}
+        parts: dict[str, tuple[str | None, str, str]] = {}
         for name, spec in self.specs.items():
             required, optional = spec.split()
             if not required:
-                body = "{" + (ELIDED if optional else "") + "}"
-                parts[name] = (None, f"{lark_string(syntax.after_name + body)} {close}")
+                tail = syntax.after_name + ("{" + ELIDED + "}" if optional else "{}") + syntax.call_close
+                parts[name] = (None, lark_string(tail), tail)
                 continue
             key = required[0]
             more = len(required) > 1 or bool(optional)
-            rest = lark_string(syntax.item_sep + ELIDED + "}") if more else '"}"'
-            opening = lark_string(syntax.after_name + "{" + json.dumps(key, ensure_ascii=False) + key_sep + lead)
-            parts[name] = (key, f"{opening} %json {json.dumps(spec.value_schema(key))} {rest} {close}")
+            tail = (syntax.item_sep + ELIDED + "}" if more else "}") + syntax.call_close
+            opening = lark_string(syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False)
+                                  + key_sep + lead)
+            parts[name] = (key, f"{opening} %json {json.dumps(spec.value_schema(key))} {lark_string(tail)}", tail)
         return parts
 
-    async def _decode_outline(self, prompt: str, stats: DecodeStats
+    async def _decode_outline(self, prompt: str, syntax: CallSyntax, stats: DecodeStats
                               ) -> tuple[list[tuple[str, dict[str, Any], str]], int]:
         """The number of calls, their names and each call's first required argument, in one
         constrained request (`outline_grammar`), written as the template writes several calls with
         the other arguments elided: ``[(name, {first key: value}, text after the name)]``, slot."""
-        syntax = self._syntax
-        assert syntax is not None
-        parts = self._outline_parts()
+        parts = self._outline_parts(syntax)
         names = sorted(self.specs, key=len, reverse=True)
         grammar = outline_grammar([(n, parts[n][1]) for n in names], call_sep=syntax.call_sep,
-                                  before_name=syntax.before_name, max_calls=self.max_calls)
+                                  before_name=syntax.before_name, max_calls=self.max_calls, closing=syntax.closing)
         sep = syntax.call_sep + syntax.before_name
         budget = self.max_calls * (len(names[0]) + len(syntax.after_name) + len(syntax.call_close) + len(sep)
                                    + 16 + self.max_value_tokens // 4)
@@ -471,47 +524,115 @@ class ParallelCallDecoder:
         text = r.content
         decoder = json.JSONDecoder()
         while True:
-            name = next((n for n in names if text.startswith(n + syntax.after_name + "{")), None)
+            name = next((n for n in names if text.startswith(n + syntax.after_name)), None)
             if name is None:
                 raise DecodingError(f"outline step produced no known tool name at {text[:120]!r} "
                                     f"(whole answer {r.content[:200]!r})")
-            key = parts[name][0]
-            pos = len(name) + len(syntax.after_name)
+            key, _, tail = parts[name]
+            pos = len(name)
             first: dict[str, Any] = {}
             if key is not None:
-                head = "{" + json.dumps(key, ensure_ascii=False) + syntax.key_sep.rstrip()
+                head = syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False) + syntax.key_sep.rstrip()
                 if not text.startswith(head, pos):
                     raise DecodingError(f"outline step did not write {key!r} of {name}: {text[:160]!r}")
                 start = pos + len(head)
                 start += len(text[start:]) - len(text[start:].lstrip())
                 try:
-                    first[key], end = decoder.raw_decode(text, start)
+                    first[key], pos = decoder.raw_decode(text, start)
                 except ValueError as exc:
                     raise DecodingError(f"outline step wrote no JSON value for {key!r} of {name}: "
                                         f"{text[start:start + 160]!r}") from exc
-                pos = end
-            end = text.find(syntax.call_close, pos)
-            if end < 0:
+            if not text.startswith(tail, pos):
                 raise DecodingError(f"outline step did not close the call to {name}: {text[:160]!r}")
-            end += len(syntax.call_close)
+            end = pos + len(tail)
             found.append((name, first, text[len(name):end]))
             text = text[end:]
             if not text.startswith(sep):
                 break
             text = text[len(sep):]
-        if text.strip() not in ("", syntax.call_sep.strip()):
+        ends = ("", syntax.call_sep.strip()) if syntax.closing is None else (syntax.closing,)
+        if text.strip() not in ends:
             raise DecodingError(f"outline step wrote past its calls: {r.content[:200]!r}")
         return found, r.id_slot
 
+    async def _decode_incremental(self, prompt: str, syntax: CallSyntax, stats: DecodeStats) -> list[ToolCall]:
+        """Calls one after another: per call one request decides whether it exists (after the
+        first), its name and first required argument; then its other arguments decode at once."""
+        parts = self._outline_parts(syntax)
+        names = sorted(self.specs, key=len, reverse=True)
+        key_sep = syntax.key_sep.rstrip()
+        lead = syntax.key_sep[len(key_sep):]
+        rules = []
+        for name in names:
+            key = parts[name][0]
+            if key is None:
+                rules.append((name, lark_string(syntax.after_name)))
+            else:
+                opening = lark_string(syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False)
+                                      + key_sep + lead)
+                schema = json.dumps(self.specs[name].value_schema(key))
+                rules.append((name, f"{opening} %json {schema} (\",\" | \"}}\" | \"}}}}\" | \"\\n\")"))
+        sep = syntax.call_sep + syntax.before_name
+        end = lark_string(syntax.closing) if syntax.closing is not None else (
+            f"{lark_string(syntax.call_sep)}?" if syntax.call_sep else '""')
+        calls: list[ToolCall] = []
+        head = prompt
+        slot: int | None = None
+        decoder = json.JSONDecoder()
+        for index in range(self.max_calls):
+            alts = " | ".join(f"c{i}" for i in range(len(rules)))
+            body = "\n".join(f"c{i}: {lark_string(n)} {r}" for i, (n, r) in enumerate(rules))
+            if index == 0:
+                grammar = f"%llguidance {{}}\nstart: c\nc: {alts}\n{body}\n"
+                request_prompt = head + syntax.before_name
+            else:
+                grammar = (f"%llguidance {{}}\nstart: {end} | {lark_string(sep)} c\nc: {alts}\n{body}\n")
+                request_prompt = head
+            r = await self._request(f"call#{index}", stats, request_prompt, n_predict=self.max_value_tokens + 48,
+                                    grammar=grammar, id_slot=slot)
+            if slot is None and self.slots != "auto":
+                slot = r.id_slot
+            text = r.content
+            if index > 0:
+                if not text.startswith(sep):
+                    break  # the turn ends here
+                text = text[len(sep):]
+            if r.stop_type == "limit":
+                raise DecodingError(f"call #{index} step was cut at {self.max_value_tokens + 48} tokens: "
+                                    f"{r.content[:200]!r}")
+            name = next((n for n in names if text.startswith(n + syntax.after_name)), None)
+            if name is None:
+                raise DecodingError(f"call #{index} step produced no known tool name: {r.content[:200]!r}")
+            key = parts[name][0]
+            first: dict[str, Any] = {}
+            if key is not None:
+                start = (len(name) + len(syntax.after_name) + len(syntax.args_open)
+                         + len(json.dumps(key, ensure_ascii=False)) + len(key_sep))
+                try:
+                    first[key], _ = decoder.raw_decode(text, start + len(text[start:]) - len(text[start:].lstrip()))
+                except ValueError as exc:
+                    raise DecodingError(f"call #{index} step wrote no JSON value for {key!r} of {name}: "
+                                        f"{r.content[:200]!r}") from exc
+            opened = head + (syntax.before_name if index == 0 else sep) + name + syntax.after_name
+            args = await self._decode_args(self.specs[name], opened, first, slot, stats, f"#{index}", syntax)
+            arguments = json.dumps(args, ensure_ascii=False)
+            if any(c.name == name and c.arguments == arguments for c in calls):
+                # greedy decoding that repeats a call it already made is looping, not asking twice
+                log.debug("call %d repeats an earlier call (%s); the turn ends here", index, name)
+                break
+            calls.append(ToolCall(id=f"call_{index}", name=name, arguments=arguments))
+            head = opened + syntax.args_text(args) + syntax.call_close
+        return calls
+
     async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
-                           stats: DecodeStats, tag: str) -> dict[str, Any]:
-        syntax = self._syntax
+                           stats: DecodeStats, tag: str, syntax: CallSyntax | None = None) -> dict[str, Any]:
+        syntax = syntax or self._syntax
         assert syntax is not None
         required, optional = spec.split()
         unknown = set(partial) - set(required) - set(optional)
         if unknown:
             raise DecodingError(f"partial arguments {sorted(unknown)} are not parameters of {spec.name}")
-        open_ = call_prefix + "{" + (syntax.args_text(partial)[1:-1] + syntax.item_sep if partial else "")
+        open_ = call_prefix + syntax.args_open + (_inner(syntax, partial) + syntax.item_sep if partial else "")
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
         todo = [k for k in required if k not in partial]
@@ -541,7 +662,9 @@ class ParallelCallDecoder:
                     values[key] = _parse_value(r.content, label)
                     return
                 try:
-                    full, _ = json.JSONDecoder().raw_decode("{" + key_text + r.content)
+                    full = _close_object("{" + key_text + r.content)
+                    if not isinstance(full, dict) or key not in full:
+                        raise ValueError("no object")
                 except ValueError as exc:
                     raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
                 values[key] = full.pop(key)
@@ -560,24 +683,22 @@ class ParallelCallDecoder:
         if tail_key is not None:
             args.update({k: extra[k] for k in rest if k in extra})
         elif rest:
-            args = await self._decode_optional(spec, call_prefix, args, rest, slot, stats, tag)
+            args = await self._decode_optional(spec, call_prefix, args, rest, slot, stats, tag, syntax)
         spec.validate(args)
         return args
 
     async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], rest: list[str],
-                               slot: int | None, stats: DecodeStats, tag: str) -> dict[str, Any]:
-        syntax = self._syntax
-        assert syntax is not None
-        inner = syntax.args_text(args)[1:-1]
+                               slot: int | None, stats: DecodeStats, tag: str, syntax: CallSyntax) -> dict[str, Any]:
+        inner = _inner(syntax, args)
         grammar = optional_tail_grammar([(k, spec.value_schema(k)) for k in rest], after_required=bool(args),
                                         key_sep=syntax.key_sep, item_sep=syntax.item_sep)
         label = f"optional{tag}"
-        r = await self._request(label, stats, call_prefix + "{" + inner,
+        r = await self._request(label, stats, call_prefix + syntax.args_open + inner,
                                 n_predict=self.max_value_tokens, grammar=grammar, id_slot=slot)
         if r.stop_type == "limit":
             raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens: {r.content[:120]!r}")
         try:
-            full, _ = json.JSONDecoder().raw_decode("{" + inner + r.content)
+            full = _close_object("{" + inner + r.content)
         except ValueError as exc:
             raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
         if not isinstance(full, dict):

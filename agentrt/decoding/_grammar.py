@@ -13,12 +13,13 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["VALUE_ENDS", "lark_string", "name_grammar", "names_grammar", "optional_tail_grammar", "outline_grammar", "value_grammar",
+__all__ = ["VALUE_ENDS", "lark_string", "name_grammar", "optional_tail_grammar", "outline_grammar", "value_grammar",
            "value_tail_grammar"]
 
 _HEADER = "%llguidance {}\n"
 #: What may follow an argument value in a JSON object written by a chat template.
-VALUE_ENDS = (",", "}", "}}")
+#: ``\n``: in pretty-printed JSON the last pair's value is followed by a newline.
+VALUE_ENDS = (",", "}", "}}", "\n")
 
 
 def lark_string(text: str) -> str:
@@ -48,7 +49,7 @@ def _tail_rules(optional: Sequence[tuple[str, dict[str, Any]]], *, after_pair: b
                 item_sep: str) -> tuple[str, list[str]]:
     """(expression, rules) of the rest of an arguments object: close it, or an ordered non-empty
     subset of ``optional`` then close; ``after_pair``: a pair precedes (the tail opens with ``item_sep``)."""
-    close = '("}" | "}}")'
+    close = '("}" | "}}" | "\\n")'
     expr = " | ".join([close] + [f"{lark_string(item_sep) + ' ' if after_pair else ''}t{i}"
                                  for i in range(len(optional))])
     lines = []
@@ -80,13 +81,15 @@ def value_tail_grammar(schema: dict[str, Any], optional: Sequence[tuple[str, dic
     return _HEADER + "\n".join([f"start: {lark_string(lead)} %json {json.dumps(schema)} ({expr})", *lines]) + "\n"
 
 
-def outline_grammar(calls: Sequence[tuple[str, str]], *, call_sep: str, before_name: str, max_calls: int) -> str:
+def outline_grammar(calls: Sequence[tuple[str, str]], *, call_sep: str, before_name: str, max_calls: int,
+                    closing: str | None = None) -> str:
     """One to ``max_calls`` calls as the chat template writes several calls, each reduced to an
     outline: ``calls`` is ``[(name, rest)]``, ``rest`` a grammar expression for what follows the
     name up to the end of the call (e.g. the first argument's value and an elided remainder). The
     model decides the number of calls after each one: ``call_sep`` + ``before_name`` (another call)
     or the end of its turn (the grammar then admits only end-of-generation). A trailing
-    ``call_sep`` may end the turn too: templates often write it before the end-of-turn token.
+    ``call_sep`` may end the turn too: templates often write it before the end-of-turn token;
+    with ``closing`` the calls end with that text instead (e.g. ``]}`` of a JSON array of calls).
     """
     if not calls:
         raise ValueError("outline_grammar needs at least one tool")
@@ -96,31 +99,10 @@ def outline_grammar(calls: Sequence[tuple[str, str]], *, call_sep: str, before_n
     more = ""
     for _ in range(max_calls - 1):
         more = f"({sep} {before} c {more})?"
-    trailing = f" {sep}?" if call_sep else ""
+    if closing is not None:
+        trailing = f" {lark_string(closing)}"
+    else:
+        trailing = f" {sep}?" if call_sep else ""
     alts = " | ".join(f"c{i}" for i in range(len(calls)))
     rules = [f"c{i}: {lark_string(name)} {rest}" for i, (name, rest) in enumerate(calls)]
     return f"{_HEADER}start: c {more}{trailing}\nc: {alts}\n" + "\n".join(rules) + "\n"
-
-
-def names_grammar(names: Sequence[str], *, after_call: str, call_sep: str, before_name: str,
-                  max_calls: int) -> str:
-    """The names of one to ``max_calls`` calls, written as the chat template writes several calls
-    with their arguments elided: ``NAME after_call (call_sep before_name NAME after_call)* call_sep?``.
-
-    ``after_call`` is the template's text after a name up to the end of a call with an elided
-    arguments object (e.g. ``'", "arguments": {...}}\\n</tool_call>'``). The model decides the number
-    of calls after each one: ``call_sep`` + ``before_name`` (another call) or the end of its turn
-    (the grammar then admits only end-of-generation). A trailing ``call_sep`` may end the turn
-    too: templates often write it before the end-of-turn token.
-    """
-    if not names:
-        raise ValueError("names_grammar needs at least one tool name")
-    if max_calls < 1:
-        raise ValueError("max_calls must be >= 1")
-    sep, before, after = lark_string(call_sep), lark_string(before_name), lark_string(after_call)
-    more = ""
-    for _ in range(max_calls - 1):
-        more = f"({sep} {before} n {after} {more})?"
-    trailing = f" {sep}?" if call_sep else ""
-    alts = " | ".join(lark_string(n) for n in names)
-    return f"{_HEADER}start: n {after} {more}{trailing}\nn: {alts}\n"

@@ -16,7 +16,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["CallSyntax", "derive_call_syntax", "probe_messages"]
+__all__ = ["JSON_CALLS", "JSON_CALL_LINES", "CallSyntax", "derive_call_syntax", "probe_messages"]
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,20 @@ class CallSyntax:
     call_sep: str
     key_sep: str = ": "
     item_sep: str = ", "
+    #: text before the first call (after the generation prompt) and after the last one; ``closing``
+    #: None: the turn just ends (an optional trailing ``call_sep`` allowed)
+    opening: str = ""
+    closing: str | None = None
+    #: how an arguments object opens and closes around its pairs (pretty-printed JSON indents)
+    args_open: str = "{"
+    args_close: str = "}"
 
     def args_text(self, args: dict[str, Any]) -> str:
         """``args`` as the template writes them (its separators)."""
-        return json.dumps(args, ensure_ascii=False, separators=(self.item_sep, self.key_sep))
+        if not args:
+            return "{}"
+        inner = json.dumps(args, ensure_ascii=False, separators=(self.item_sep, self.key_sep))[1:-1]
+        return self.args_open + inner + self.args_close
 
     def call_text(self, name: str, args: dict[str, Any]) -> str:
         """One whole call, ``before_name`` to ``call_close``."""
@@ -91,3 +101,20 @@ def derive_call_syntax(prompt: str, rendered: str) -> CallSyntax | None:
         return None
     return CallSyntax(before_name=before_name, after_name=after_name, call_close=close,
                       call_sep=between[len(close):], key_sep=key_sep, item_sep=item_sep)
+
+
+#: Calls written as the JSON object the constrained baseline asks for (`calls_schema`), indented as
+#: Qwen2.5-Coder-1.5B writes it under a JSON-schema constraint:
+#: ``{\n  "calls": [\n    {\n      "name": ...,\n      "arguments": {\n        ...\n      }\n    },\n ...``.
+#: In this framing the model splits a request into several calls where, in its chat template's
+#: own tool-call syntax, it merges them (BFCL parallel_0: one call with "Taylor Swift, Maroon 5"
+#: in the template syntax, two calls here) and where, in the same JSON written on one line, it
+#: ends the turn after the first call (seen here).
+JSON_CALLS = CallSyntax(before_name='{\n      "name": "', after_name='",\n      "arguments": ',
+                        call_close="\n    }", call_sep=",\n    ", key_sep=": ", item_sep=",\n        ",
+                        opening='{\n  "calls": [\n    ', closing="\n  ]\n}",
+                        args_open="{\n        ", args_close="\n      }")
+
+#: The same object with each call on one line (compact arguments), the array indented.
+JSON_CALL_LINES = CallSyntax(before_name='{"name": "', after_name='", "arguments": ', call_close="}",
+                             call_sep=",\n    ", opening='{\n  "calls": [\n    ', closing="\n  ]\n}")

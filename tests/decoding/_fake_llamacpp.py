@@ -79,7 +79,7 @@ class FakeServer:
         self.httpd.server_close()
 
 
-_CALL = re.compile(r'<tool_call>\n\{"name": "')
+_CALL = re.compile(r'"name": "')
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -137,8 +137,20 @@ class _Handler(BaseHTTPRequestHandler):
         stop = "eos"
         if body.get("n_predict") == 0:
             content = ""
+        elif re.search(r"^start: c$", body.get("grammar", ""), re.MULTILINE):  # incremental: the first call
+            content = _step_call(body["grammar"], *s.calls[index])
+        elif re.search(r"^start: .+ \| .+ c$", body.get("grammar", ""), re.MULTILINE):  # incremental: another call?
+            framed = '"calls": [' in turn  # the decoder's JSON framing (JSON_CALLS)
+            sep = ',\n    {\n      "name": "' if framed else '\n<tool_call>\n{"name": "'
+            more = index + 1 < len(s.calls)
+            content = sep + _step_call(body["grammar"], *s.calls[index + 1]) if more else (
+                "\n  ]\n}" if framed else "")
+            if s.names_cut and more:
+                stop = "limit"
         elif prompt.endswith('{"name": "'):  # the outline: names and first arguments, the rest elided
-            content = '\n<tool_call>\n{"name": "'.join(_outline_call(body["grammar"], n, a) for n, a in s.calls)
+            framed = turn.startswith('<|im_start|>assistant\n{"calls": [')  # the JSON framing
+            sep = ', {"name": "' if framed else '\n<tool_call>\n{"name": "'
+            content = sep.join(_outline_call(body["grammar"], n, a) for n, a in s.calls) + ("]}" if framed else "")
             stop = "limit" if s.names_cut else "eos"
         elif m := re.search(r'"([^"]+)":$', prompt):
             key = m.group(1)
@@ -182,5 +194,20 @@ def _outline_call(grammar: str, name: str, args: dict[str, Any]) -> str:
         return name + "".join(json.loads(x) for x in re.findall(_LIT, rest))
     opening, tail = rest.split(" %json ", 1)
     key = re.search(r'"([^"]+)":\s*$', json.loads(opening)).group(1)
-    closing = re.findall(_LIT, tail)[-2:]
+    closing = re.findall(_LIT, tail)[-1:]  # the text after the value, to the end of the call
     return name + json.loads(opening) + json.dumps(args[key], ensure_ascii=False) + "".join(map(json.loads, closing))
+
+
+def _step_call(grammar: str, name: str, args: dict[str, Any]) -> str:
+    """One call of an incremental step: the name and, when the rule decodes one, its first
+    argument's value and one delimiter."""
+    lit = json.dumps(name)
+    line = next((ln for ln in grammar.splitlines() if re.match(rf"c\d+: {re.escape(lit)} ", ln)), None)
+    if line is None:
+        return name + '"'
+    rest = line.split(": ", 1)[1][len(lit) + 1:]
+    if "%json" not in rest:
+        return name + json.loads(re.findall(_LIT, rest)[0])
+    opening = json.loads(rest.split(" %json ", 1)[0])
+    key = re.search(r'"([^"]+)":\s*$', opening).group(1)
+    return name + opening + json.dumps(args[key], ensure_ascii=False) + ","

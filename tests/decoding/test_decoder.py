@@ -12,8 +12,8 @@ from _fake_llamacpp import FakeServer, Script, render
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
 from agentrt.decoding._grammar import (
     name_grammar,
-    names_grammar,
     optional_tail_grammar,
+    outline_grammar,
     value_grammar,
 )
 from agentrt.errors import DecodingError
@@ -68,9 +68,9 @@ def test_grammars_admit_only_the_tool_names_and_each_argument_schema() -> None:
     alternatives = re.search(r"start: \((.*?)\) ", g).group(1)
     assert alternatives == '"weather.get" | "geo.place"'
     v = value_grammar({"type": "string", "enum": ["a", "b\"c"]})
-    assert '%json {"type": "string", "enum": ["a", "b\\"c"]}' in v and v.rstrip().endswith('("," | "}" | "}}")')
+    assert '%json {"type": "string", "enum": ["a", "b\\"c"]}' in v and v.rstrip().endswith('("," | "}" | "}}" | "\\n")')
     t = optional_tail_grammar([("days", {"type": "integer"}), ("hours", {"type": "integer"})], after_required=True)
-    assert 'start: ("}" | "}}") | ", " t0 | ", " t1' in t
+    assert 'start: ("}" | "}}" | "\\n") | ", " t0 | ", " t1' in t
     assert "t0: " in t and '", " t1' in t.split("t0: ")[1].split("\n")[0]
 
 
@@ -83,21 +83,24 @@ async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> 
     assert result.mode == "parallel" and not result.fallback
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [("trip.plan", trip)]
     branches = {b.label: b for b in result.stats.branches}
-    # the outline decided the call and its first argument; the other two decode at once
-    assert set(branches) == {"outline", "arg:to#0", "arg:date#0"}
+    # one request decided the call and its first argument; the other two decode at once; one more
+    # request (a token) decided that no other call follows
+    assert set(branches) == {"call#0", "arg:to#0", "arg:date#0", "call#1"}
     to, date = branches["arg:to#0"], branches["arg:date#0"]
     assert to.started < date.ended and date.started < to.ended, "argument branches did not overlap"
     # the skeleton is not decoded: each value branch continues the prefix up to its own key
     prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert any(p.endswith('{"name": "trip.plan", "arguments": {"origin": "Oslo", "to":') for p in prompts)
-    assert any(p.endswith('{"name": "trip.plan", "arguments": {"origin": "Oslo", "date":') for p in prompts)
-    # the outline admits each tool with its own first argument's schema, the rest elided
-    outline = completions(script)[0]["body"]["grammar"]
-    assert 'c0: "weather.get" "\\", \\"arguments\\": {\\"city\\": " %json {"type": "string"} ", ...}"' in outline
+    assert any(p.endswith('"name": "trip.plan",\n      "arguments": {\n        "origin": "Oslo",\n        "to":')
+               for p in prompts)
+    assert any(p.endswith('"origin": "Oslo",\n        "date":') for p in prompts)
+    # the first step admits each tool with its own first argument's schema
+    first = completions(script)[0]["body"]["grammar"]
+    assert re.search(r'c\d: "weather.get" .*\\"city\\": " %json \{"type": "string"\}', first)
+    assert re.search(r'c\d: "trip.plan" .*\\"origin\\": " %json \{"type": "string"\}', first)
     # each branch carries its own schema, without annotations
     grammars = [e["body"].get("grammar", "") for e in completions(script)]
     assert not any("city name" in g for g in grammars)
-    assert result.stats.requests == len(completions(script)) == 3
+    assert result.stats.requests == len(completions(script)) == 4
 
 
 async def test_pinned_slots_send_every_request_of_a_call_to_the_name_slot() -> None:
@@ -120,9 +123,9 @@ async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_deco
                 out.append(json.loads((await decoder.decode(ASK))[0].arguments))
         # the last required branch (unit) also decides the optional ones: no extra request
         tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
-        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"arguments": {"city": "Paris", "unit":')
+        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"city": "Paris",\n        "unit":')
         assert '%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in tail[0]["body"]["grammar"]
-        assert len(completions(script)) == 2  # the outline (name, city), unit (+ optional tail)
+        assert len(completions(script)) == 3  # (name, city), unit (+ optional tail), no other call
     assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
 
 
@@ -144,7 +147,8 @@ async def test_several_calls_in_one_turn_every_argument_of_every_call_at_once() 
                            ("weather.get", {"city": "Rome", "unit": "fahrenheit", "days": 2})],
                     required=REQUIRED, delay=0.3)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], slots="spread") as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], slots="spread", context="skeleton",
+                                       framing="template") as decoder:
             result = await decoder.decode_turn(ASK)
     assert [json.loads(c.arguments) for c in result.calls] == [
         {"city": "Paris", "unit": "celsius"}, {"city": "Rome", "unit": "fahrenheit", "days": 2}]
@@ -160,11 +164,34 @@ async def test_several_calls_in_one_turn_every_argument_of_every_call_at_once() 
                            '{"name": "weather.get", "arguments": {"city": "Rome", "unit":')
 
 
+async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
+                           ("trip.plan", {"origin": "Oslo", "to": "Rome", "date": "d"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [(c.name, json.loads(c.arguments)) for c in result.calls] == list(script.calls)
+    assert [b.label for b in result.stats.branches if b.label.startswith("call#")] == ["call#0", "call#1", "call#2"]
+    # the step that decides call 2 sees call 1 in full, in the JSON framing the model splits calls in
+    second = next(e["body"] for e in completions(script) if e["body"]["prompt"].rstrip().endswith('"unit": "celsius"\n      }\n    }'))
+    assert second["prompt"].split("<|im_start|>assistant\n")[-1] == (
+        '{\n  "calls": [\n    {\n      "name": "weather.get",\n      "arguments": {\n        "city": "Paris",\n'
+        '        "unit": "celsius"\n      }\n    }')
+    assert second["grammar"].splitlines()[1].startswith('start: "\\n  ]\\n}" | ",\\n    {\\n      \\"name\\": \\"" c')
+    # a turn never has more than max_calls calls: the last step is not even asked
+    with FakeServer(Script(calls=script.calls, required=REQUIRED)) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], max_calls=1) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [c.name for c in result.calls] == ["weather.get"]
+    assert not any(b.label == "call#1" for b in result.stats.branches)
+
+
 async def test_decoded_context_writes_earlier_calls_in_full() -> None:
     script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
                            ("geo.place", {"where": {"lat": 1, "lon": 2}, "note": "n"})], required=REQUIRED)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], context="decoded") as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], context="decoded",
+                                       framing="template") as decoder:
             calls = await decoder.decode(ASK)
         with pytest.raises(ValueError, match="context must be"):
             ParallelCallDecoder(server.base_url, [WEATHER], context="guess")  # type: ignore[arg-type]
@@ -177,7 +204,8 @@ async def test_outline_is_one_request_bounded_by_max_calls() -> None:
     script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED,
                     names_cut=True)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], max_calls=3) as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, PLACE], max_calls=3, context="skeleton",
+                                       framing="template") as decoder:
             with pytest.raises(DecodingError, match="outline step was cut"):
                 await decoder.decode(ASK)
     grammar = completions(script)[0]["body"]["grammar"]
@@ -185,8 +213,8 @@ async def test_outline_is_one_request_bounded_by_max_calls() -> None:
     assert "c: c0 | c1\n" in grammar and [ln.split('" ')[0] for ln in grammar.splitlines()[-2:]] == [
         'c0: "weather.get', 'c1: "geo.place']
     assert grammar.count('"<tool_call>\\n{\\"name\\": \\"" c') == 2
-    g1 = names_grammar(["a"], after_call="}", call_sep="\n", before_name="<c>", max_calls=1)
-    assert "<c>" not in g1 and g1.rstrip().endswith('n: "a"')
+    g1 = outline_grammar([("a", '"}"')], call_sep="\n", before_name="<c>", max_calls=1)
+    assert "<c>" not in g1 and g1.rstrip().endswith('c0: "a" "}"')
 
 
 async def test_unknown_tool_name_is_an_error_never_a_call() -> None:
@@ -272,4 +300,4 @@ async def test_auto_slots_pin_nothing() -> None:
         with pytest.raises(ValueError, match="slots must be"):
             ParallelCallDecoder(server.base_url, [WEATHER], slots="anywhere")  # type: ignore[arg-type]
     assert json.loads(calls[0].arguments)["days"] == 2
-    assert len(completions(script)) == 2 and all("id_slot" not in e["body"] for e in completions(script))
+    assert len(completions(script)) == 3 and all("id_slot" not in e["body"] for e in completions(script))

@@ -60,3 +60,18 @@ async def test_real_model_branches_overlap_and_decode_nested_values(decoding_bas
     assert isinstance(args["note"], str) and args["note"]
     where, note = (next(b for b in stats.branches if b.label == f"arg:{k}") for k in ("where", "note"))
     assert where.started < note.ended and note.started < where.ended
+
+
+async def test_real_model_splits_a_two_city_question_into_two_calls(decoding_base_url: str) -> None:
+    async with (OpenAIChatModel(decoding_base_url, "local") as model,
+                ParallelCallDecoder(model, [WEATHER, PLACE], max_calls=4) as decoder):
+        result = await decoder.decode_turn([{"role": "user", "content":
+                                             "What is the weather in Paris in celsius and in Rome in fahrenheit?"}])
+    args = [json.loads(c.arguments) for c in result.calls]
+    assert [c.name for c in result.calls] == ["weather.get", "weather.get"], args
+    assert {a["city"] for a in args} == {"Paris", "Rome"}, args
+    # requests after the first continue what their slot holds: the shared prefix is reused (most of
+    # them: on a shared engine another client may take the slot in between)
+    later = result.stats.branches[1:]
+    reused = [b for b in later if b.cache_n > 4 * b.prompt_n]
+    assert len(reused) * 2 >= len(later), [(b.label, b.prompt_n, b.cache_n) for b in later]
