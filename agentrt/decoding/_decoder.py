@@ -270,10 +270,14 @@ class ParallelCallDecoder:
             wrong (see the module doc), so ``"incremental"`` is the default; on a server whose
             branches queue on one slot (``slots="pinned"``) the three cost about the same time.
         dedupe: drop a call identical (name and arguments) to an earlier one of the same turn.
-        framing: how a turn's calls are written for the model to continue: ``"json"`` (default;
-            `JSON_CALLS`, ``{"calls": [{"name", "arguments"}, ...]}`` after the generation prompt,
-            the framing in which small models split a request into several calls) or
-            ``"template"`` (the chat template's own tool-call syntax, learned from a probe).
+        framing: how a turn's calls are written for the model to continue, after the generation
+            prompt: ``"json_lines"`` (default; `JSON_CALL_LINES`: ``{"calls": [`` then one call
+            ``{"name": ..., "arguments": {...}}`` per line), ``"json"`` (`JSON_CALLS`, the same
+            object pretty-printed) or ``"template"`` (the chat template's own tool-call syntax,
+            learned from a probe). On BFCL parallel_0, Qwen2.5-Coder-1.5B merged the two artists
+            into one call in the template syntax, ended after one call in one-line JSON, wrote the
+            whole request into the artist in pretty-printed JSON, and made the two right calls in
+            ``json_lines`` (seen here, greedy).
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
         timeout: seconds one request may take, queueing included: llama.cpp answers a
@@ -288,7 +292,7 @@ class ParallelCallDecoder:
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
                  model_name: str | None = None, timeout: float = 900.0, context: Context = "incremental",
-                 dedupe: bool = True, framing: Framing = "json") -> None:
+                 dedupe: bool = True, framing: Framing = "json_lines") -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:

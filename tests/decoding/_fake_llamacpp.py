@@ -141,7 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
             content = _step_call(body["grammar"], *s.calls[index])
         elif re.search(r"^start: .+ \| .+ c$", body.get("grammar", ""), re.MULTILINE):  # incremental: another call?
             framed = '"calls": [' in turn  # the decoder's JSON framing (JSON_CALLS)
-            sep = ',\n    {\n      "name": "' if framed else '\n<tool_call>\n{"name": "'
+            sep = ',\n    {"name": "' if framed else '\n<tool_call>\n{"name": "'
             more = index + 1 < len(s.calls)
             content = sep + _step_call(body["grammar"], *s.calls[index + 1]) if more else (
                 "\n  ]\n}" if framed else "")

@@ -90,9 +90,9 @@ async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> 
     assert to.started < date.ended and date.started < to.ended, "argument branches did not overlap"
     # the skeleton is not decoded: each value branch continues the prefix up to its own key
     prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert any(p.endswith('"name": "trip.plan",\n      "arguments": {\n        "origin": "Oslo",\n        "to":')
+    assert any(p.endswith('"calls": [\n    {"name": "trip.plan", "arguments": {"origin": "Oslo", "to":')
                for p in prompts)
-    assert any(p.endswith('"origin": "Oslo",\n        "date":') for p in prompts)
+    assert any(p.endswith('"arguments": {"origin": "Oslo", "date":') for p in prompts)
     # the first step admits each tool with its own first argument's schema
     first = completions(script)[0]["body"]["grammar"]
     assert re.search(r'c\d: "weather.get" .*\\"city\\": " %json \{"type": "string"\}', first)
@@ -123,7 +123,7 @@ async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_deco
                 out.append(json.loads((await decoder.decode(ASK))[0].arguments))
         # the last required branch (unit) also decides the optional ones: no extra request
         tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
-        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"city": "Paris",\n        "unit":')
+        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"arguments": {"city": "Paris", "unit":')
         assert '%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in tail[0]["body"]["grammar"]
         assert len(completions(script)) == 3  # (name, city), unit (+ optional tail), no other call
     assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
@@ -173,11 +173,10 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == list(script.calls)
     assert [b.label for b in result.stats.branches if b.label.startswith("call#")] == ["call#0", "call#1", "call#2"]
     # the step that decides call 2 sees call 1 in full, in the JSON framing the model splits calls in
-    second = next(e["body"] for e in completions(script) if e["body"]["prompt"].rstrip().endswith('"unit": "celsius"\n      }\n    }'))
+    second = next(e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"unit": "celsius"}}'))
     assert second["prompt"].split("<|im_start|>assistant\n")[-1] == (
-        '{\n  "calls": [\n    {\n      "name": "weather.get",\n      "arguments": {\n        "city": "Paris",\n'
-        '        "unit": "celsius"\n      }\n    }')
-    assert second["grammar"].splitlines()[1].startswith('start: "\\n  ]\\n}" | ",\\n    {\\n      \\"name\\": \\"" c')
+        '{\n  "calls": [\n    {"name": "weather.get", "arguments": {"city": "Paris", "unit": "celsius"}}')
+    assert second["grammar"].splitlines()[1].startswith('start: "\\n  ]\\n}" | ",\\n    {\\"name\\": \\"" c')
     # a turn never has more than max_calls calls: the last step is not even asked
     with FakeServer(Script(calls=script.calls, required=REQUIRED)) as server:
         async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], max_calls=1) as decoder:
