@@ -1,11 +1,13 @@
 """Parallel function-call decoding (SimpleTool style) at the serving layer.
 
-``ParallelCallDecoder(model, tools).decode(messages) -> list[ToolCall]``: the function name is
-decoded under a grammar admitting only the tool names, the JSON skeleton (keys, delimiters) is
-written without decoding, and every required argument value is decoded in its own branch, all at
-once, each constrained by its argument's JSON Schema; optional arguments cost one constrained token
-when absent. Works against llama.cpp's server (the local engine); elsewhere it falls back to
-ordinary tool-call decoding, logs a warning and flags the result (``DecodeResult.mode``).
+``ParallelCallDecoder(model, tools).decode(messages) -> list[ToolCall]``: per call, one request
+decides whether the call exists, its function name (constrained to the tool names) and its first
+argument; the JSON skeleton (keys, delimiters) is written without decoding, and every other
+argument value is decoded in its own branch, all at once, each constrained by its argument's JSON
+Schema; the last branch also decides the optional arguments (``}`` when absent). Works against
+llama.cpp's server (the local engine); elsewhere it falls back to ordinary tool-call decoding,
+logs a warning and flags the result (``DecodeResult.mode``). ``decode_calls(model, messages,
+tools)`` is the one-call entry point (validated calls, or a clear error).
 
 Use from the planner (LLMCompiler): once a plan task's tool name is known (the streamed plan has
 written ``"tool": "search"`` or ``search(``), its arguments can be decoded by

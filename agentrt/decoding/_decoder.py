@@ -5,21 +5,23 @@ arguments weakly dependent, so only the name and the values need decoding, the v
 
 1. The server's chat template renders the messages and tools (``/apply-template``); the text it
    writes around a call is learned from a probe rendering (`derive_call_syntax`).
-2. Outline (one request): the number of calls, their names and each call's first required
-   argument, written as the template writes several calls with the other arguments elided
-   (``<tool_call>{"name": "spotify.play", "arguments": {"artist": "Taylor Swift", ...}}</tool_call>``
-   twice for Qwen2.5), under a grammar that admits only the tool names and, per tool, its first
-   argument's JSON Schema (`outline_grammar`). Deciding the count from names alone does not work on
-   small models: with every call's arguments elided, Qwen2.5-Coder-1.5B repeated the same elided
-   call up to the cap (8 calls for a 2-call BFCL question, seen here); the first value tells the
-   model which calls it has made.
+2. Calls (default ``context="incremental"``): per call, one request continues the turn after the
+   earlier calls (written in full) under a grammar admitting the end of the turn or another call:
+   a tool name (an enum of exact strings, dots allowed) and that tool's first required argument
+   under its JSON Schema. The turn is written in the JSON framing ``{"calls": [`` with one call
+   per line (`JSON_CALL_LINES`) rather than the template's own syntax: there, the 1.5B model
+   merges "Taylor Swift and Maroon 5" into one call; here it makes two (seen on BFCL here).
+   ``context="skeleton"`` decides every call's name and first argument in ONE outline request
+   (`outline_grammar`, the rest elided as ``...``), then decodes every other argument of every
+   call at once. Deciding the count in one step did not work on Qwen2.5-Coder-1.5B: with the
+   arguments elided it repeated the same call up to the cap (8 calls for a 2-call question) in the
+   template syntax and stopped after one call in JSON (seen here, greedy).
 3. Skeleton: ``after_name + "{" + first pair + '"key":'`` is written by us, never decoded.
-4. Remaining required arguments of every call: one branch per argument, all issued at once, each
-   continuing ``prompt + outline of the earlier calls + this call so far + '"key":'`` under that
+4. Remaining required arguments of the call: one branch per argument, all issued at once, each
+   continuing ``prompt + earlier calls + this call so far + '"key":'`` under that
    argument's JSON Schema (``%json``), each ending at its own value (the grammar stops it one
-   delimiter after the value). Call i's branches see calls 0..i-1 as the outline wrote them
-   (``context="skeleton"``), so each knows which call it belongs to; ``context="decoded"`` decodes
-   the calls one after another instead, each after the earlier calls in full.
+   delimiter after the value). With ``context="skeleton"`` the branches of all calls run at once,
+   call i's after calls 0..i-1 as the outline wrote them, so each knows which call it is.
 5. Optional arguments: the last required branch continues past its value; its first token after
    the value is ``}`` (none present) or the start of an optional pair, so absence costs one token
    and no request; present ones are decoded there, each under its schema. A call with optional
@@ -360,13 +362,16 @@ class ParallelCallDecoder:
         The turn is decoded as a tool-calling turn (OpenAI ``tool_choice="required"``): at least one
         call is made; whether the turn should answer in text instead is the caller's decision.
 
-        Steps and cost (parallel mode, ``slots="pinned"``): one ``/apply-template`` request (plus two
-        once per decoder, probing the template); one names request (the number of calls and their
-        names, in one constrained step; it evaluates the whole prompt unless the slot already holds
-        it); then, for every call, one request per required argument not yet known, the last of
-        which also decides the optional arguments (or, for a call with optional arguments only, one
-        request for them). Each argument request evaluates only its text after the point where it
-        departs from what its slot holds (typically 5-40 tokens; see ``stats.branches[].prompt_n``).
+        Cost (parallel mode, ``slots="pinned"``, default ``context="incremental"``): one
+        ``/apply-template`` request (plus two once per decoder, probing the template); per call,
+        one request for its name and first argument (which also decided that the call exists),
+        then one per other required argument (the last of which also decides the optional ones;
+        a call with optional arguments only: one request for them); and one last request (1-2
+        tokens) that ends the turn, unless ``max_calls`` calls were made. Only the first request
+        evaluates the whole prompt (unless its slot already holds a prefix of it); every later one
+        evaluates only its text after the point where it departs from what the slot holds
+        (typically 3-30 tokens; see ``stats.branches[].prompt_n``), as long as no other client
+        takes the slot in between.
 
         Returns:
             `DecodeResult` with the calls (arguments validated), the mode and the cost.
@@ -760,14 +765,16 @@ async def decode_calls(model: OpenAIChatModel | str, messages: Sequence[dict[str
         ``[ToolCall]`` in order, at least one; ``arguments`` is JSON text valid against the tool's
         parameters (`Tool.validate_args`, or the JSON Schema of a spec).
 
-    Cost (parallel mode, ``slots="pinned"``; see `ParallelCallDecoder.decode_turn`): HTTP requests =
-    1 ``/apply-template`` (+2 template probes, once per decoder) + 1 names request + per call one
-    ``/completion`` per required argument (the last also decides the optional ones; a call with
-    optional arguments only: 1; none at all: 0). Prompt tokens evaluated: the templated prompt once
-    (the names request; fewer when the slot already holds a prefix of it), then per argument
-    request only the text after where it departs from its slot's cache (the call skeleton up to
-    its key, ~5-40 tokens). Tokens decoded: the names (plus the elided skeleton the grammar forces
-    between calls) and each value with one closing delimiter.
+    Cost (parallel mode, defaults; see `ParallelCallDecoder.decode_turn`): HTTP requests =
+    1 ``/apply-template`` + 2 template probes (once per decoder, so once per `decode_calls`) +
+    per call 1 (name and first argument) + 1 per other required argument + 1 to end the turn
+    (none when ``max_calls`` calls were made); a call with optional arguments only: +1. Prompt
+    tokens evaluated: the templated prompt once (the first request; fewer when the slot already
+    holds a prefix of it), then per request only the text after where it departs from its slot's
+    cache (~3-30 tokens). Tokens decoded: per call its name, first value and the JSON between
+    them (~10-25), each other value with one delimiter (~2-8), the optional tail's ``}`` (1).
+    Measured on BFCL here: see ``results/bfcl.json`` (``requests_per_example``,
+    ``prompt_tokens_evaluated_per_argument_branch``).
 
     Raises:
         DecodingError: the endpoint cannot decode in parallel (and ``allow_fallback`` is False), a
