@@ -57,6 +57,7 @@ import anyio
 
 from agentrt.decoding._grammar import (
     VALUE_ENDS,
+    _tail_rules,
     lark_string,
     optional_tail_grammar,
     outline_grammar,
@@ -572,14 +573,32 @@ class ParallelCallDecoder:
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
         rules = []
-        for name in names:
+        extra_rules: list[str] = []
+        whole: set[str] = set()  # tools whose whole call this step decodes (at most one required)
+        for t, name in enumerate(names):
             key = parts[name][0]
+            required, optional = self.specs[name].split()
+            tail_items = [(k, self.specs[name].value_schema(k)) for k in optional]
             if key is None:
-                rules.append((name, lark_string(syntax.after_name)))
+                whole.add(name)
+                if not optional:
+                    rules.append((name, lark_string(syntax.after_name + "{}")))
+                    continue
+                expr, lines = _tail_rules(tail_items, after_pair=False, key_sep=syntax.key_sep,
+                                          item_sep=syntax.item_sep, prefix=f"o{t}")
+                rules.append((name, f"{lark_string(syntax.after_name + syntax.args_open)} ({expr})"))
+                extra_rules += lines
+                continue
+            opening = lark_string(syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False)
+                                  + key_sep + lead)
+            schema = json.dumps(self.specs[name].value_schema(key))
+            if len(required) == 1:
+                whole.add(name)
+                expr, lines = _tail_rules(tail_items, after_pair=True, key_sep=syntax.key_sep,
+                                          item_sep=syntax.item_sep, prefix=f"o{t}")
+                rules.append((name, f"{opening} %json {schema} ({expr})"))
+                extra_rules += lines
             else:
-                opening = lark_string(syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False)
-                                      + key_sep + lead)
-                schema = json.dumps(self.specs[name].value_schema(key))
                 rules.append((name, f"{opening} %json {schema} (\",\" | \"}}\" | \"}}}}\" | \"\\n\")"))
         sep = syntax.call_sep + syntax.before_name
         end = lark_string(syntax.closing) if syntax.closing is not None else (
@@ -590,7 +609,7 @@ class ParallelCallDecoder:
         decoder = json.JSONDecoder()
         for index in range(self.max_calls):
             alts = " | ".join(f"c{i}" for i in range(len(rules)))
-            body = "\n".join(f"c{i}: {lark_string(n)} {r}" for i, (n, r) in enumerate(rules))
+            body = "\n".join([f"c{i}: {lark_string(n)} {r}" for i, (n, r) in enumerate(rules)] + extra_rules)
             if index == 0:
                 grammar = f"%llguidance {{}}\nstart: c\nc: {alts}\n{body}\n"
                 request_prompt = head + syntax.before_name
@@ -614,7 +633,15 @@ class ParallelCallDecoder:
                 raise DecodingError(f"call #{index} step produced no known tool name: {r.content[:200]!r}")
             key = parts[name][0]
             first: dict[str, Any] = {}
-            if key is not None:
+            if name in whole:
+                try:
+                    first = _close_object(text[len(name) + len(syntax.after_name):])
+                    if not isinstance(first, dict):
+                        raise ValueError("not an object")  # noqa: TRY004 - caught below
+                except ValueError as exc:
+                    raise DecodingError(f"call #{index} step wrote no arguments object for {name}: "
+                                        f"{r.content[:200]!r}") from exc
+            elif key is not None:
                 start = (len(name) + len(syntax.after_name) + len(syntax.args_open)
                          + len(json.dumps(key, ensure_ascii=False)) + len(key_sep))
                 try:
@@ -622,8 +649,17 @@ class ParallelCallDecoder:
                 except ValueError as exc:
                     raise DecodingError(f"call #{index} step wrote no JSON value for {key!r} of {name}: "
                                         f"{r.content[:200]!r}") from exc
+            required = self.specs[name].split()[0]
+            if calls and name not in whole and set(required) <= set(first) and any(
+                    c.name == name and all(json.loads(c.arguments).get(k) == v for k, v in first.items())
+                    for c in calls):
+                # every required argument repeats an earlier call's: greedy decoding looping on the
+                # last call, not a new one (its optional arguments are not worth a request)
+                log.debug("call %d repeats an earlier call's required arguments (%s); the turn ends here", index, name)
+                break
             opened = head + (syntax.before_name if index == 0 else sep) + name + syntax.after_name
-            args = await self._decode_args(self.specs[name], opened, first, slot, stats, f"#{index}", syntax)
+            args = await self._decode_args(self.specs[name], opened, first, slot, stats, f"#{index}", syntax,
+                                           optional_done=name in whole)
             arguments = json.dumps(args, ensure_ascii=False)
             if any(c.name == name and c.arguments == arguments for c in calls):
                 # greedy decoding that repeats a call it already made is looping, not asking twice
@@ -634,7 +670,8 @@ class ParallelCallDecoder:
         return calls
 
     async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
-                           stats: DecodeStats, tag: str, syntax: CallSyntax | None = None) -> dict[str, Any]:
+                           stats: DecodeStats, tag: str, syntax: CallSyntax | None = None,
+                           optional_done: bool = False) -> dict[str, Any]:
         syntax = syntax or self._syntax
         assert syntax is not None
         required, optional = spec.split()
@@ -645,7 +682,7 @@ class ParallelCallDecoder:
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
         todo = [k for k in required if k not in partial]
-        rest = [k for k in optional if k not in partial]
+        rest = [] if optional_done else [k for k in optional if k not in partial]
         # the last required branch also decides the optional arguments (one request fewer)
         tail_key = todo[-1] if todo and rest else None
         values: dict[str, Any] = {}

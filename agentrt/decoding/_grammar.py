@@ -46,17 +46,19 @@ def value_grammar(schema: dict[str, Any], lead: str = " ") -> str:
 
 
 def _tail_rules(optional: Sequence[tuple[str, dict[str, Any]]], *, after_pair: bool, key_sep: str,
-                item_sep: str) -> tuple[str, list[str]]:
+                item_sep: str, prefix: str = "") -> tuple[str, list[str]]:
     """(expression, rules) of the rest of an arguments object: close it, or an ordered non-empty
-    subset of ``optional`` then close; ``after_pair``: a pair precedes (the tail opens with ``item_sep``)."""
+    subset of ``optional`` then close; ``after_pair``: a pair precedes (the tail opens with ``item_sep``);
+    ``prefix`` keeps the rule names of several tails in one grammar apart."""
     close = '("}" | "}}" | "\\n")'
-    expr = " | ".join([close] + [f"{lark_string(item_sep) + ' ' if after_pair else ''}t{i}"
+    t, v = f"{prefix}t", f"{prefix}v"
+    expr = " | ".join([close] + [f"{lark_string(item_sep) + ' ' if after_pair else ''}{t}{i}"
                                  for i in range(len(optional))])
     lines = []
     for i, (name, schema) in enumerate(optional):
-        nexts = " | ".join([close] + [f"{lark_string(item_sep)} t{j}" for j in range(i + 1, len(optional))])
-        lines.append(f"t{i}: {lark_string(json.dumps(name, ensure_ascii=False) + key_sep)} v{i} ({nexts})")
-        lines.append(f"v{i}: %json {json.dumps(schema)}")
+        nexts = " | ".join([close] + [f"{lark_string(item_sep)} {t}{j}" for j in range(i + 1, len(optional))])
+        lines.append(f"{t}{i}: {lark_string(json.dumps(name, ensure_ascii=False) + key_sep)} {v}{i} ({nexts})")
+        lines.append(f"{v}{i}: %json {json.dumps(schema)}")
     return expr, lines
 
 

@@ -200,14 +200,23 @@ def _outline_call(grammar: str, name: str, args: dict[str, Any]) -> str:
 
 def _step_call(grammar: str, name: str, args: dict[str, Any]) -> str:
     """One call of an incremental step: the name and, when the rule decodes one, its first
-    argument's value and one delimiter."""
+    argument's value and one delimiter; a rule with an optional tail (a tool with at most one
+    required argument) gets the whole call."""
     lit = json.dumps(name)
     line = next((ln for ln in grammar.splitlines() if re.match(rf"c\d+: {re.escape(lit)} ", ln)), None)
     if line is None:
         return name + '"'
     rest = line.split(": ", 1)[1][len(lit) + 1:]
+    tail = re.search(r"\bo\d+t0\b", rest) is not None or rest.endswith('"\\n"))')
     if "%json" not in rest:
-        return name + json.loads(re.findall(_LIT, rest)[0])
+        opening = json.loads(re.findall(_LIT, rest)[0])
+        if opening.endswith("{}"):
+            return name + opening
+        return name + opening + (json.dumps(args, ensure_ascii=False)[1:] if args else "}")
     opening = json.loads(rest.split(" %json ", 1)[0])
     key = re.search(r'"([^"]+)":\s*$', opening).group(1)
-    return name + opening + json.dumps(args[key], ensure_ascii=False) + ","
+    value = json.dumps(args[key], ensure_ascii=False)
+    if not tail:
+        return name + opening + value + ","
+    extra = {k: v for k, v in args.items() if k != key}
+    return name + opening + value + (", " + json.dumps(extra, ensure_ascii=False)[1:] if extra else "}")

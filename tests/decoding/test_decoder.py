@@ -300,3 +300,20 @@ async def test_auto_slots_pin_nothing() -> None:
             ParallelCallDecoder(server.base_url, [WEATHER], slots="anywhere")  # type: ignore[arg-type]
     assert json.loads(calls[0].arguments)["days"] == 2
     assert len(completions(script)) == 3 and all("id_slot" not in e["body"] for e in completions(script))
+
+
+async def test_a_one_argument_call_is_decoded_whole_in_its_step_and_a_repeat_ends_the_turn() -> None:
+    fact = {"name": "math.factorial", "description": "n!", "parameters": {
+        "type": "object", "properties": {"number": {"type": "integer"}, "exact": {"type": "boolean"}},
+        "required": ["number"]}}
+    script = Script(calls=[("math.factorial", {"number": 5}), ("math.factorial", {"number": 10, "exact": True}),
+                           ("math.factorial", {"number": 10, "exact": True})], required={"math.factorial": ["number"]})
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [fact]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [json.loads(c.arguments) for c in result.calls] == [{"number": 5}, {"number": 10, "exact": True}]
+    # one request per call: the required argument and the optional tail (absent, then present) in
+    # the call's own step; call 3 repeats call 2 and is dropped, the turn ends there
+    assert [b.label for b in result.stats.branches] == ["call#0", "call#1", "call#2"]
+    grammar = completions(script)[0]["body"]["grammar"]
+    assert '"\\"exact\\": " o0v0' in grammar and 'o0v0: %json {"type": "boolean"}' in grammar

@@ -68,8 +68,10 @@ async def test_real_model_splits_a_two_city_question_into_two_calls(decoding_bas
         result = await decoder.decode_turn([{"role": "user", "content":
                                              "What is the weather in Paris in celsius and in Rome in fahrenheit?"}])
     args = [json.loads(c.arguments) for c in result.calls]
-    assert [c.name for c in result.calls] == ["weather.get", "weather.get"], args
-    assert {a["city"] for a in args} == {"Paris", "Rome"}, args
+    # the two cities are two calls (in the template's own syntax this model merges them); the 1.5B
+    # model may then go on with calls of the other tool (seen here: two geo.lookup calls after them)
+    weather = [a for c, a in zip(result.calls, args, strict=True) if c.name == "weather.get"]
+    assert [(a["city"], a["unit"]) for a in weather] == [("Paris", "celsius"), ("Rome", "fahrenheit")], args
     # requests after the first continue what their slot holds: the shared prefix is reused (most of
     # them: on a shared engine another client may take the slot in between)
     later = result.stats.branches[1:]
