@@ -8,21 +8,24 @@ by query (A then B, then B then A):
    problem without its last sentence, query = that sentence (Lin et al. 2025 built Stateful
    GSM-Symbolic the same way). *Without sleep-time*: the model sees context + query and reasons
    step by step (max 512 tokens). *With sleep-time*: while idle, the ``anticipate`` job works the
-   context out (notes, max ``gsm_notes_tokens`` = 320) and predicts 3 questions with answers (max
-   160 tokens); at test time a
-   query whose best predicted question passes the calibrated threshold is answered from it (no
-   LLM call), otherwise the model sees context + learned notes + query and is told to answer
-   directly from the notes (max 96 tokens). One query per context, so amortised costs at N > 1
-   assume further queries cost what the measured one did.
+   context out (notes, max ``gsm_notes_tokens`` = 384) and predicts 3 questions, each with its
+   worked calculation and answer (max ``gsm_predict_tokens`` = 320); at test time a query whose
+   best predicted question passes the calibrated threshold is answered from it (no LLM call),
+   otherwise the model sees context + learned context + query and keeps a SHORT reasoning budget
+   (at most three short lines, max ``gsm_test_tokens`` = 80): test-time compute reduced, not
+   removed, as in the paper. One query per context, so amortised costs at N > 1 assume further
+   queries cost what the measured one did.
 2. **LoCoMo multi-query** (../shared/data/locomo, ``convs`` conversations, default 2, x
    ``questions`` questions, default 10): context = the session of the conversation holding the
    evidence of the most questions (categories 1-4, cut to ``context_chars``, default 4,500,
    because the engine gives each of its 4 slots 2,048 tokens), queries = those questions.
    *Without*: conversation + question -> short answer (max 32 tokens). *With*: ``anticipate``
-   (notes, max 320 tokens, + 5 predicted questions, max 200 tokens) once per conversation; at test
-   time a served match, or the learned context lines closest to the question (at most
-   ``locomo_learned_chars`` = 800 characters) + question, not the raw conversation -> short answer. Scored by LoCoMo's token F1 (SQuAD
-   normalisation); "correct" = F1 >= 0.5.
+   (notes with absolute dates, max ``locomo_notes_tokens`` = 400, + 5 predicted questions with
+   evidence and answers, max ``locomo_predict_tokens`` = 320) once per conversation; at test
+   time a served match, or only the learned-context lines closest to the question (at most
+   ``locomo_learned_chars`` = 1,000 characters, predicted items kept whole) + question, never the
+   raw conversation -> short answer. Scored by LoCoMo's token F1 (SQuAD normalisation);
+   "correct" = F1 >= 0.5.
 
 Test time here is one direct LLM answer (no tools, no planner), as the issue allows. Measured per
 query: input and output tokens (as the server reports them; cached prompt tokens counted in
@@ -41,7 +44,8 @@ the best predicted question, whether its precomputed answer was correct) pairs a
 precision 0.9; a threshold is never chosen from the queries it serves.
 
 Options (``--set KEY=VALUE``): convs, questions, context_chars, concurrency (default 2),
-gsm_notes_tokens, locomo_notes_tokens, locomo_learned_chars.
+gsm_notes_tokens, gsm_predict_tokens, gsm_test_tokens, locomo_notes_tokens, locomo_predict_tokens,
+locomo_learned_chars.
 """
 
 from __future__ import annotations
@@ -64,11 +68,12 @@ PRICE_MODEL = "gpt-4o-mini"
 
 GSM_BASE_SYSTEM = ("Solve the math problem. Think step by step, then end with a line "
                    "'The answer is N' where N is a number.")
-GSM_SLEEP_SYSTEM = ("Notes with precomputed calculations about the problem are given. Do not recompute "
-                    "anything already in the notes. Reply in one short line: 'The answer is N' where N is a number.")
+GSM_SLEEP_SYSTEM = ("Notes with worked calculations about the problem are given; they may not answer the "
+                    "question exactly. Reason briefly, in at most three short lines, using the problem and "
+                    "the notes, then end with a line 'The answer is N' where N is a number.")
 QA_BASE_SYSTEM = "Answer the question about the conversation in a few words. Give only the answer."
-QA_SLEEP_SYSTEM = ("Answer the question about a conversation from the notes taken about it, in a few words. "
-                   "Give only the answer.")
+QA_SLEEP_SYSTEM = ("Answer the question about a conversation from the notes taken about it (facts with "
+                   "dates, and likely questions with their answers), in a few words. Give only the answer.")
 
 
 # ---- data -------------------------------------------------------------------------------------------
@@ -218,8 +223,9 @@ async def prepare(store, model, ctx_id: str, text: str, *, questions: int, notes
         await sleep.wait_idle()
     h = sleep.history[0]
     return {"status": h["status"], "input_tokens": h["input_tokens"], "output_tokens": h["output_tokens"],
-            "tokens": h["tokens"], "seconds": round(time.perf_counter() - t0, 2),
-            "usd": usd(h["input_tokens"], h["output_tokens"])}
+            "cached_input_tokens": h["cached_input_tokens"], "tokens": h["tokens"],
+            "seconds": round(time.perf_counter() - t0, 2),
+            "usd": usd(h["input_tokens"], h["output_tokens"], h["cached_input_tokens"])}
 
 
 def cross_calibrate(items: list[dict]) -> list[dict]:
@@ -248,7 +254,7 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
     async def sleep_one(p):
         async with lim:
             sleep_acc[p["id"]] = await prepare(store, model, p["id"], p["context"], questions=3,
-                                               notes_tokens=cfg["gsm_notes_tokens"], predict_tokens=160,
+                                               notes_tokens=cfg["gsm_notes_tokens"], predict_tokens=cfg["gsm_predict_tokens"],
                                                expected_queries=1)
             progress(f"gsm {p['id']}: sleep-time {sleep_acc[p['id']]['tokens']} tokens")
     async with anyio.create_task_group() as tg:
@@ -279,7 +285,8 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
                 else:
                     notes = learned.learned_context(p["query"], context_id=p["id"])
                     r = await ask(model, GSM_SLEEP_SYSTEM,
-                                  f"{p['context']}\n\nNotes:\n{notes}\n\nQuestion: {p['query']}", 96)
+                                  f"{p['context']}\n\nNotes:\n{notes}\n\nQuestion: {p['query']}",
+                                  cfg["gsm_test_tokens"])
                 r["correct"] = gsm_correct(r["text"], p["gold"])
                 return r
             if i % 2 == 0:
@@ -311,7 +318,8 @@ async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
     async def sleep_one(c):
         async with lim:
             sleep_acc[c["id"]] = await prepare(store, model, c["id"], c["context"], questions=5,
-                                               notes_tokens=cfg["locomo_notes_tokens"], predict_tokens=200,
+                                               notes_tokens=cfg["locomo_notes_tokens"],
+                                               predict_tokens=cfg["locomo_predict_tokens"],
                                                expected_queries=len(c["queries"]))
             progress(f"locomo {c['id']}: sleep-time {sleep_acc[c['id']]['tokens']} tokens")
     async with anyio.create_task_group() as tg:
@@ -401,6 +409,10 @@ def _summary(contexts: list[dict], sleep_acc: dict, cals: list[dict], key: str) 
     return out
 
 
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 2) if b else float("inf")
+
+
 async def _main(config: dict) -> dict:
     from agentrt.config import get_settings
     from agentrt.errors import ConfigError
@@ -419,9 +431,12 @@ async def _main(config: dict) -> dict:
     data = Path(config["data"])
     limit = int(config.get("limit") or 12)
     cfg = {"concurrency": int(config.get("concurrency", 2)),
-           "gsm_notes_tokens": int(config.get("gsm_notes_tokens", 320)),
-           "locomo_notes_tokens": int(config.get("locomo_notes_tokens", 320)),
-           "locomo_learned_chars": int(config.get("locomo_learned_chars", 800))}
+           "gsm_notes_tokens": int(config.get("gsm_notes_tokens", 384)),
+           "gsm_predict_tokens": int(config.get("gsm_predict_tokens", 320)),
+           "gsm_test_tokens": int(config.get("gsm_test_tokens", 80)),
+           "locomo_notes_tokens": int(config.get("locomo_notes_tokens", 400)),
+           "locomo_predict_tokens": int(config.get("locomo_predict_tokens", 320)),
+           "locomo_learned_chars": int(config.get("locomo_learned_chars", 1000))}
     convs = int(config.get("convs", 2))
     n_q = int(config.get("questions", 10))
     ctx_chars = int(config.get("context_chars", 4500))
@@ -457,6 +472,17 @@ async def _main(config: dict) -> dict:
          "met": bool(lo5 and lo5 >= 2.5)},
         {"name": "locomo_amortised_cost_reduction_at_10_queries", "value": lo10, "goal": ">= 2.5",
          "met": bool(lo10 and lo10 >= 2.5)},
+        {"name": "locomo_amortised_cost_reduction_at_5_queries_test_time_x10 (informational)",
+         "value": locomo["amortised_cost_per_query"]["5"]["cost_reduction_test_time_x10"],
+         "goal": ">= 2.5 with test-time tokens weighted 10x (the paper's weighting as recalled in the notes, "
+                 "not verified; the target above weights them equally)",
+         "met": bool((locomo["amortised_cost_per_query"]["5"]["cost_reduction_test_time_x10"] or 0) >= 2.5)},
+        {"name": "gsm_test_time_p50_latency_reduction", "value": _ratio(g_w["p50_latency_s"], g_s["p50_latency_s"]),
+         "goal": "> 1 (faster answers; shared engine, noisy)", "met": _ratio(g_w["p50_latency_s"], g_s["p50_latency_s"]) > 1},
+        {"name": "locomo_test_time_p50_latency_reduction",
+         "value": _ratio(locomo["without"]["p50_latency_s"], locomo["with"]["p50_latency_s"]),
+         "goal": "> 1 (faster answers; shared engine, noisy)",
+         "met": _ratio(locomo["without"]["p50_latency_s"], locomo["with"]["p50_latency_s"]) > 1},
         {"name": "locomo_mean_f1_with_vs_without", "value": f"{locomo['with']['mean_f1']} vs {locomo['without']['mean_f1']}",
          "goal": "report (no drop wanted)", "met": locomo["with"]["mean_f1"] >= locomo["without"]["mean_f1"] - 0.05},
     ]
@@ -466,8 +492,9 @@ async def _main(config: dict) -> dict:
                        "locomo_questions_per_conversation": n_q, "locomo_context_chars": ctx_chars,
                        **cfg,
                        "price_model": PRICE_MODEL, "n_queries": list(N_QUERIES),
-                       "default_limit_note": "small on purpose (~15 min on 2 cores): --limit 12 GSM8K problems, "
-                                             "2 LoCoMo conversations x 10 questions",
+                       "default_limit_note": "small on purpose (about 15 min on 2 cores): defaults --limit 12 "
+                                             "GSM8K problems, 2 LoCoMo conversations x 10 questions; a run "
+                                             "may set fewer to fit its slot (the counts above are this run's)",
                        "test_time": "one direct LLM answer (no tools, no planner)",
                        "wall_seconds": wall},
             "systems": {"stateful_gsm8k": gsm, "locomo_multi_query": locomo},
