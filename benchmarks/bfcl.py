@@ -167,7 +167,7 @@ def score(calls: list[tuple[str, dict[str, Any]]], truth: list[dict[str, Any]],
 # -- systems ---------------------------------------------------------------------------------
 
 async def _run_system(system: str, model: Any, ex: dict[str, Any], slots: str = "pinned",
-                      context: str = "incremental", framing: str = "json_lines") -> dict[str, Any]:
+                      context: str = "incremental", framing: str = "json") -> dict[str, Any]:
     from agentrt.decoding import (
         ParallelCallDecoder,
         decode_constrained,
@@ -240,7 +240,7 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
     limit = int(config.get("limit") or 5)
     slots = str(config.get("slots") or "pinned")  # --set slots=auto on a server shared with others
     context = str(config.get("context") or "incremental")  # --set context=skeleton|decoded
-    framing = str(config.get("framing") or "json_lines")  # --set framing=json|template
+    framing = str(config.get("framing") or "json")  # --set framing=json_lines|template
     budget_s = float(config.get("budget_s") or 0)  # no new example after this many seconds (0: none)
     settings = get_settings()
     data_dir = Path(config.get("bfcl_dir") or settings.data_dir / "bfcl")
@@ -314,6 +314,6 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
 def run(config: dict[str, Any]) -> dict[str, Any]:
     """`agentrt bench bfcl` entry point: ``--limit N`` examples per category (default 5),
     ``--set budget_s=S`` (no new round of examples after S seconds), ``--set slots=pinned|spread|auto``,
-    ``--set context=incremental|skeleton|decoded``, ``--set framing=json_lines|json|template``
+    ``--set context=incremental|skeleton|decoded``, ``--set framing=json|json_lines|template``
     (see `ParallelCallDecoder`)."""
     return anyio.run(_run_async, config)

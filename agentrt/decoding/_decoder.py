@@ -8,9 +8,9 @@ arguments weakly dependent, so only the name and the values need decoding, the v
 2. Calls (default ``context="incremental"``): per call, one request continues the turn after the
    earlier calls (written in full) under a grammar admitting the end of the turn or another call:
    a tool name (an enum of exact strings, dots allowed) and that tool's first required argument
-   under its JSON Schema. The turn is written in the JSON framing ``{"calls": [`` with one call
-   per line (`JSON_CALL_LINES`) rather than the template's own syntax: there, the 1.5B model
-   merges "Taylor Swift and Maroon 5" into one call; here it makes two (seen on BFCL here).
+   under its JSON Schema. The turn is written as the pretty-printed JSON object ``{"calls": [...]}``
+   (`JSON_CALLS`) rather than in the template's own syntax: there, the 1.5B model merges "Taylor
+   Swift and Maroon 5" into one call; here it makes two (seen on BFCL here; see ``framing``).
    ``context="skeleton"`` decides every call's name and first argument in ONE outline request
    (`outline_grammar`, the rest elided as ``...``), then decodes every other argument of every
    call at once. Deciding the count in one step did not work on Qwen2.5-Coder-1.5B: with the
@@ -56,7 +56,7 @@ from typing import Any, Literal, Self
 import anyio
 
 from agentrt.decoding._grammar import (
-    VALUE_ENDS,
+    VALUE_END,
     _tail_rules,
     lark_string,
     optional_tail_grammar,
@@ -247,7 +247,7 @@ def _parse_value(content: str, label: str) -> Any:
         value, end = json.JSONDecoder().raw_decode(text)
     except ValueError as exc:
         raise DecodingError(f"branch {label} produced no JSON value: {content[:200]!r}") from exc
-    if text[end:].strip() not in ("", *VALUE_ENDS):
+    if text[end:].strip(" \t\n,}"):
         raise DecodingError(f"branch {label} wrote past its value: {content[:200]!r}")
     return value
 
@@ -274,13 +274,14 @@ class ParallelCallDecoder:
             branches queue on one slot (``slots="pinned"``) the three cost about the same time.
         dedupe: drop a call identical (name and arguments) to an earlier one of the same turn.
         framing: how a turn's calls are written for the model to continue, after the generation
-            prompt: ``"json_lines"`` (default; `JSON_CALL_LINES`: ``{"calls": [`` then one call
-            ``{"name": ..., "arguments": {...}}`` per line), ``"json"`` (`JSON_CALLS`, the same
-            object pretty-printed) or ``"template"`` (the chat template's own tool-call syntax,
-            learned from a probe). On BFCL parallel_0, Qwen2.5-Coder-1.5B merged the two artists
-            into one call in the template syntax, ended after one call in one-line JSON, wrote the
-            whole request into the artist in pretty-printed JSON, and made the two right calls in
-            ``json_lines`` (seen here, greedy).
+            prompt: ``"json"`` (default; `JSON_CALLS`, ``{"calls": [{"name", "arguments"}, ...]}``
+            pretty-printed as the model writes it under a JSON-schema constraint),
+            ``"json_lines"`` (`JSON_CALL_LINES`: one call per line) or ``"template"`` (the chat
+            template's own tool-call syntax, learned from a probe). Seen here on BFCL with
+            Qwen2.5-Coder-1.5B, greedy: the template syntax merges two requested calls into one
+            (parallel_0) or ends after the first (parallel_1, parallel_multiple_0/1); one-line
+            JSON ends after the first; ``json_lines`` splits them but then goes on calling (7
+            calls for the 1-call multiple_0); pretty-printed JSON made the right calls and ended.
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
         timeout: seconds one request may take, queueing included: llama.cpp answers a
@@ -295,7 +296,7 @@ class ParallelCallDecoder:
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
                  model_name: str | None = None, timeout: float = 900.0, context: Context = "incremental",
-                 dedupe: bool = True, framing: Framing = "json_lines") -> None:
+                 dedupe: bool = True, framing: Framing = "json") -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:
@@ -599,7 +600,7 @@ class ParallelCallDecoder:
                 rules.append((name, f"{opening} %json {schema} ({expr})"))
                 extra_rules += lines
             else:
-                rules.append((name, f"{opening} %json {schema} (\",\" | \"}}\" | \"}}}}\" | \"\\n\")"))
+                rules.append((name, f"{opening} %json {schema} {VALUE_END}"))
         sep = syntax.call_sep + syntax.before_name
         end = lark_string(syntax.closing) if syntax.closing is not None else (
             f"{lark_string(syntax.call_sep)}?" if syntax.call_sep else '""')

@@ -13,13 +13,21 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["VALUE_ENDS", "lark_string", "name_grammar", "optional_tail_grammar", "outline_grammar", "value_grammar",
+__all__ = ["OBJECT_CLOSE", "VALUE_END", "VALUE_ENDS", "lark_string", "name_grammar", "optional_tail_grammar", "outline_grammar", "value_grammar",
            "value_tail_grammar"]
 
 _HEADER = "%llguidance {}\n"
 #: What may follow an argument value in a JSON object written by a chat template.
 #: ``\n``: in pretty-printed JSON the last pair's value is followed by a newline.
 VALUE_ENDS = (",", "}", "}}", "\n")
+#: Grammar of what ends a value branch: one of `VALUE_ENDS`, a newline and up to 8 spaces after it
+#: (bounded: unbounded, the model wrote spaces until its token limit), so that a token such as ``",\n`` or ``}\n`` (pretty-printed JSON) is not forbidden, which
+#: would push the model to continue the value instead (seen: a string argument that went on with
+#: the rest of the request).
+VALUE_END = r"/(,\n?|\}\}?\n?|\n)[ ]{0,8}/"
+#: What closes an arguments object after its last value: a brace, or a newline and indentation.
+OBJECT_CLOSE = r'("}" | "}}" | /\n[ ]{0,8}\}?/)'
+
 
 
 def lark_string(text: str) -> str:
@@ -41,8 +49,8 @@ def name_grammar(names: Sequence[str], after: str) -> str:
 
 
 def value_grammar(schema: dict[str, Any], lead: str = " ") -> str:
-    """``lead`` + a JSON value valid against ``schema`` + one of `VALUE_ENDS`."""
-    return f"{_HEADER}start: {lark_string(lead)} %json {json.dumps(schema)} {_ends(VALUE_ENDS)}\n"
+    """``lead`` + a JSON value valid against ``schema`` + `VALUE_END`."""
+    return f"{_HEADER}start: {lark_string(lead)} %json {json.dumps(schema)} {VALUE_END}\n"
 
 
 def _tail_rules(optional: Sequence[tuple[str, dict[str, Any]]], *, after_pair: bool, key_sep: str,
@@ -50,7 +58,7 @@ def _tail_rules(optional: Sequence[tuple[str, dict[str, Any]]], *, after_pair: b
     """(expression, rules) of the rest of an arguments object: close it, or an ordered non-empty
     subset of ``optional`` then close; ``after_pair``: a pair precedes (the tail opens with ``item_sep``);
     ``prefix`` keeps the rule names of several tails in one grammar apart."""
-    close = '("}" | "}}" | "\\n")'
+    close = OBJECT_CLOSE
     t, v = f"{prefix}t", f"{prefix}v"
     expr = " | ".join([close] + [f"{lark_string(item_sep) + ' ' if after_pair else ''}{t}{i}"
                                  for i in range(len(optional))])

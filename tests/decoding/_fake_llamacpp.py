@@ -141,7 +141,8 @@ class _Handler(BaseHTTPRequestHandler):
             content = _step_call(body["grammar"], *s.calls[index])
         elif re.search(r"^start: .+ \| .+ c$", body.get("grammar", ""), re.MULTILINE):  # incremental: another call?
             framed = '"calls": [' in turn  # the decoder's JSON framing (JSON_CALLS)
-            sep = ',\n    {"name": "' if framed else '\n<tool_call>\n{"name": "'
+            pretty = '"calls": [\n    {\n' in turn  # JSON_CALLS, not JSON_CALL_LINES
+            sep = (',\n    {\n      "name": "' if pretty else ',\n    {"name": "') if framed else '\n<tool_call>\n{"name": "'
             more = index + 1 < len(s.calls)
             content = sep + _step_call(body["grammar"], *s.calls[index + 1]) if more else (
                 "\n  ]\n}" if framed else "")

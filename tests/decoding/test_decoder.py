@@ -11,6 +11,8 @@ from _fake_llamacpp import FakeServer, Script, render
 
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
 from agentrt.decoding._grammar import (
+    OBJECT_CLOSE,
+    VALUE_END,
     name_grammar,
     optional_tail_grammar,
     outline_grammar,
@@ -68,9 +70,9 @@ def test_grammars_admit_only_the_tool_names_and_each_argument_schema() -> None:
     alternatives = re.search(r"start: \((.*?)\) ", g).group(1)
     assert alternatives == '"weather.get" | "geo.place"'
     v = value_grammar({"type": "string", "enum": ["a", "b\"c"]})
-    assert '%json {"type": "string", "enum": ["a", "b\\"c"]}' in v and v.rstrip().endswith('("," | "}" | "}}" | "\\n")')
+    assert '%json {"type": "string", "enum": ["a", "b\\"c"]}' in v and v.rstrip().endswith(VALUE_END)
     t = optional_tail_grammar([("days", {"type": "integer"}), ("hours", {"type": "integer"})], after_required=True)
-    assert 'start: ("}" | "}}" | "\\n") | ", " t0 | ", " t1' in t
+    assert f'start: {OBJECT_CLOSE} | ", " t0 | ", " t1' in t
     assert "t0: " in t and '", " t1' in t.split("t0: ")[1].split("\n")[0]
 
 
@@ -78,7 +80,8 @@ async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> 
     trip = {"origin": "Oslo", "to": "Paris", "date": "2026-12-01"}
     script = Script(calls=[("trip.plan", trip)], required=REQUIRED, delay=0.3)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], slots="spread") as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], slots="spread",
+                                       framing="json_lines") as decoder:
             result = await decoder.decode_turn(ASK)
     assert result.mode == "parallel" and not result.fallback
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [("trip.plan", trip)]
@@ -119,7 +122,7 @@ async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_deco
     out = []
     for script in (absent, present):
         with FakeServer(script) as server:
-            async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            async with ParallelCallDecoder(server.base_url, [WEATHER], framing="json_lines") as decoder:
                 out.append(json.loads((await decoder.decode(ASK))[0].arguments))
         # the last required branch (unit) also decides the optional ones: no extra request
         tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
@@ -168,7 +171,7 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
     script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
                            ("trip.plan", {"origin": "Oslo", "to": "Rome", "date": "d"})], required=REQUIRED)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP]) as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], framing="json_lines") as decoder:
             result = await decoder.decode_turn(ASK)
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == list(script.calls)
     assert [b.label for b in result.stats.branches if b.label.startswith("call#")] == ["call#0", "call#1", "call#2"]
@@ -183,6 +186,21 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
             result = await decoder.decode_turn(ASK)
     assert [c.name for c in result.calls] == ["weather.get"]
     assert not any(b.label == "call#1" for b in result.stats.branches)
+
+
+async def test_default_framing_is_the_pretty_printed_calls_object() -> None:
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
+                           ("weather.get", {"city": "Rome", "unit": "fahrenheit"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+            calls = await decoder.decode(ASK)
+    assert [json.loads(c.arguments)["city"] for c in calls] == ["Paris", "Rome"]
+    unit = next(e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"unit":')
+                and "Rome" in e["body"]["prompt"])
+    assert unit.split("<|im_start|>assistant\n")[-1] == (
+        '{\n  "calls": [\n    {\n      "name": "weather.get",\n      "arguments": {\n        "city": "Paris",\n'
+        '        "unit": "celsius"\n      }\n    },\n    {\n      "name": "weather.get",\n      "arguments": {\n'
+        '        "city": "Rome",\n        "unit":')
 
 
 async def test_decoded_context_writes_earlier_calls_in_full() -> None:
