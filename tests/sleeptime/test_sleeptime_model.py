@@ -42,7 +42,10 @@ async def test_anticipate_on_the_local_model_learns_within_its_budget(tmp_path, 
             with anyio.fail_after(280):
                 await sleep.wait_idle()
         h = sleep.history[0]
-        assert h["status"] in ("done", "budget"), h
+        # "timeout": a loaded shared engine spent the 240 s time budget first (seen at ~2 tokens/s):
+        # the other budget, respected just the same
+        assert h["status"] in ("done", "budget", "timeout"), h
+        assert h["seconds"] <= 240 + 15
         assert 0 < h["tokens"] <= 1200
         assert h["input_tokens"] + h["output_tokens"] == h["tokens"]
         learned = store.blocks.get(learned_label("bakery")).value if h["status"] == "done" else ""
