@@ -335,3 +335,24 @@ async def test_a_one_argument_call_is_decoded_whole_in_its_step_and_a_repeat_end
     assert [b.label for b in result.stats.branches] == ["call#0", "call#1", "call#2"]
     grammar = completions(script)[0]["body"]["grammar"]
     assert '"\\"exact\\": " o0v0' in grammar and 'o0v0: %json {"type": "boolean"}' in grammar
+
+
+async def test_decode_calls_for_the_planner_returns_validated_calls_or_a_clear_error() -> None:
+    from agentrt.decoding import decode_calls
+    from agentrt.tools import ToolRegistry
+
+    @tool
+    def count(n: int, label: str) -> int:
+        """Count."""
+        return n
+
+    script = Script(calls=[("count", {"n": 3, "label": "x"})], required={"count": ["n", "label"]})
+    with FakeServer(script) as server:
+        calls = await decode_calls(server.base_url, ASK, ToolRegistry([count]))
+    assert [(c.name, json.loads(c.arguments)) for c in calls] == [("count", {"n": 3, "label": "x"})]
+    plain = Script(calls=[("count", {"n": 3, "label": "x"})], raw=False)
+    with FakeServer(plain) as server:
+        with pytest.raises(DecodingError, match="cannot decode calls in parallel"):
+            await decode_calls(server.base_url, ASK, [count])
+        calls = await decode_calls(server.base_url, ASK, [count], allow_fallback=True)
+    assert [c.name for c in calls] == ["count"]
