@@ -23,8 +23,9 @@ by query (A then B, then B then A):
    (notes with absolute dates, max ``locomo_notes_tokens`` = 400, + 5 predicted questions with
    evidence and answers, max ``locomo_predict_tokens`` = 320) once per conversation; at test
    time a served match, or only the learned-context lines closest to the question (at most
-   ``locomo_learned_chars`` = 1,000 characters, predicted items kept whole) + question, never the
-   raw conversation -> short answer. Scored by LoCoMo's token F1 (SQuAD normalisation);
+   ``locomo_learned_chars`` = 1,000 characters, predicted items kept whole) + the conversation's
+   date (metadata; the raw text starts with it) + question, never the raw conversation -> short
+   answer. Scored by LoCoMo's token F1 (SQuAD normalisation);
    "correct" = F1 >= 0.5.
 
 Test time here is one direct LLM answer (no tools, no planner), as the issue allows. Measured per
@@ -117,6 +118,7 @@ def load_locomo(data_dir: Path, n_convs: int, n_questions: int, max_chars: int) 
                     best = (key, head + "\n".join(lines), qs)
             key, text, qs = best
             out.append({"id": f"locomo{Path(name).stem}", "session": key, "context": text,
+                        "date": c.get(key + "_date_time", ""),
                         "queries": [{"query": q["question"], "gold": str(q["answer"])} for q in qs[:n_questions]]})
             if len(out) >= n_convs:
                 break
@@ -354,7 +356,9 @@ async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
                     r["seconds"] = round(time.perf_counter() - t0, 4)
                 else:
                     notes = learned.learned_context(q["query"], context_id=c["id"])
-                    r = await ask(model, QA_SLEEP_SYSTEM, f"Notes:\n{notes}\n\nQuestion: {q['query']}", 32)
+                    # the conversation's date is metadata of the context (the raw text starts with it too)
+                    r = await ask(model, QA_SLEEP_SYSTEM, f"Conversation on {c['date']}. Notes:\n{notes}\n\n"
+                                                          f"Question: {q['query']}", 32)
                 r["f1"] = round(f1(r["text"], q["gold"]), 3)
                 return r
             if i % 2 == 0:
