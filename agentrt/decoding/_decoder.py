@@ -226,6 +226,21 @@ def _spec(tool: Tool | dict[str, Any]) -> _Spec:
     return _Spec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}, None)
 
 
+_SCALARS = {"string", "number", "integer", "boolean", "null"}
+
+
+def _is_scalar(schema: dict[str, Any]) -> bool:
+    """Whether every value valid against ``schema`` is a JSON scalar (its text has no raw newline)."""
+    if any(k in schema for k in ("properties", "items", "prefixItems", "anyOf", "oneOf", "allOf", "$ref")):
+        return False
+    if "enum" in schema or "const" in schema:
+        values = schema.get("enum", [schema.get("const")])
+        return all(not isinstance(v, (dict, list)) for v in values)
+    kind = schema.get("type")
+    kinds = kind if isinstance(kind, list) else [kind]
+    return bool(kinds) and all(k in _SCALARS for k in kinds)
+
+
 def _inner(syntax: CallSyntax, args: dict[str, Any]) -> str:
     """The pairs of ``args`` as ``syntax`` writes them, without the braces."""
     return json.dumps(args, ensure_ascii=False, separators=(syntax.item_sep, syntax.key_sep))[1:-1]
@@ -602,7 +617,8 @@ class ParallelCallDecoder:
             else:
                 rules.append((name, f"{opening} %json {schema} {VALUE_END}"))
         sep = syntax.call_sep + syntax.before_name
-        end = lark_string(syntax.closing) if syntax.closing is not None else (
+        # the end of the turn needs only its first character to be decided (the rest is ours)
+        end = lark_string(syntax.closing.lstrip(" ")[:1]) if syntax.closing else (
             f"{lark_string(syntax.call_sep)}?" if syntax.call_sep else '""')
         calls: list[ToolCall] = []
         head = prompt
@@ -699,9 +715,11 @@ class ParallelCallDecoder:
                                              lead=lead, key_sep=syntax.key_sep, item_sep=syntax.item_sep)
             else:
                 grammar = value_grammar(spec.value_schema(key), lead)
+            # a scalar value's text has no raw newline: stop there instead of decoding the indentation
+            stop = ["\n"] if key != tail_key and _is_scalar(spec.value_schema(key)) else None
             try:
                 r = await self._request(label, stats, open_ + key_text, n_predict=self.max_value_tokens,
-                                        grammar=grammar, id_slot=branch_slot)
+                                        grammar=grammar, id_slot=branch_slot, stop=stop)
                 if r.stop_type == "limit":
                     raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
                                         f"before its value ended: {r.content[:120]!r}")

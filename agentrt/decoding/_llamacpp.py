@@ -158,8 +158,9 @@ class LlamaCppEndpoint:
         return prompt
 
     async def complete(self, prompt: str, *, n_predict: int, grammar: str | None = None,
-                       id_slot: int | None = None, n_probs: int = 0) -> RawCompletion:
-        """Continue ``prompt`` greedily (temperature 0), constrained by ``grammar`` when given.
+                       id_slot: int | None = None, n_probs: int = 0, stop: list[str] | None = None) -> RawCompletion:
+        """Continue ``prompt`` greedily (temperature 0), constrained by ``grammar`` when given;
+        generation ends at the first of ``stop`` (not included in ``content``; ``stop_type="word"``).
 
         Raises:
             ModelError: the request failed; ModelResponseError: the answer lacks its fields.
@@ -172,6 +173,8 @@ class LlamaCppEndpoint:
             body["id_slot"] = id_slot
         if n_probs:
             body["n_probs"] = n_probs
+        if stop:
+            body["stop"] = stop
         started = time.perf_counter()
         data = await self._post("/completion", body)
         ended = time.perf_counter()

@@ -104,6 +104,8 @@ async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> 
     grammars = [e["body"].get("grammar", "") for e in completions(script)]
     assert not any("city name" in g for g in grammars)
     assert result.stats.requests == len(completions(script)) == 4
+    # scalar values stop at the newline that ends them (no indentation decoded)
+    assert all(e["body"].get("stop") == ["\n"] for e in completions(script) if e["body"]["prompt"].endswith(('"to":', '"date":')))
 
 
 async def test_pinned_slots_send_every_request_of_a_call_to_the_name_slot() -> None:
@@ -179,7 +181,8 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
     second = next(e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"unit": "celsius"}}'))
     assert second["prompt"].split("<|im_start|>assistant\n")[-1] == (
         '{\n  "calls": [\n    {"name": "weather.get", "arguments": {"city": "Paris", "unit": "celsius"}}')
-    assert second["grammar"].splitlines()[1].startswith('start: "\\n  ]\\n}" | ",\\n    {\\"name\\": \\"" c')
+    # the end of the turn is decided by its first character only
+    assert second["grammar"].splitlines()[1].startswith('start: "\\n" | ",\\n    {\\"name\\": \\"" c')
     # a turn never has more than max_calls calls: the last step is not even asked
     with FakeServer(Script(calls=script.calls, required=REQUIRED)) as server:
         async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], max_calls=1) as decoder:
