@@ -175,13 +175,20 @@ def planner_parallel_prompt(registry: ToolRegistry, examples: Sequence[PlanExamp
     return "\n\n".join(parts)
 
 
-def _ref_spec(tool: Tool, *, nullable_optional: bool) -> dict[str, Any]:
+_NO_REF = {"$comment": "no reference allowed here"}
+
+
+def _ref_spec(tool: Tool, *, nullable_optional: bool, refs: Sequence[int] | None = None) -> dict[str, Any]:
     """``tool`` as an OpenAI function spec whose every value position also takes ``"$N"``.
 
-    With ``nullable_optional``, every optional argument is made required but nullable, so it is
-    decoded in its own branch at once with the others (``null``: absent) instead of in a second,
-    sequential request after them."""
-    defs: dict[str, Any] = {"ref": dict(_REF_STRING)}
+    ``refs``: the task ids a reference may name (``None``: any); with none allowed, values are
+    only the tool's own (a string parameter still admits any text). With ``nullable_optional``,
+    every optional argument is made required but nullable, so it is decoded in its own branch at
+    once with the others (``null``: absent) instead of in a second, sequential request after them."""
+    ref: dict[str, Any] = dict(_REF_STRING)
+    if refs is not None:
+        ref = {"enum": [f"${r}" for r in sorted(set(refs))]} if refs else _NO_REF
+    defs: dict[str, Any] = {"ref": ref}
     params = copy.deepcopy(tool_args_schema(tool, defs, refs="string"))
     if nullable_optional:
         props = params.get("properties") or {}
@@ -208,7 +215,15 @@ def _inline(schema: Any, defs: dict[str, Any], depth: int = 0) -> Any:
         if depth >= 8 or name not in defs:
             return {}
         return _inline(defs[name], defs, depth + 1)
-    return {k: _inline(v, defs, depth) for k, v in schema.items() if k != "$defs"}
+    out = {k: _inline(v, defs, depth) for k, v in schema.items() if k != "$defs"}
+    if isinstance(out.get("anyOf"), list) and _NO_REF in out["anyOf"]:
+        rest = [s for s in out["anyOf"] if s != _NO_REF]
+        del out["anyOf"]
+        if len(rest) == 1 and not (set(out) & set(rest[0])):
+            out.update(rest[0])
+        elif rest:
+            out["anyOf"] = rest
+    return out
 
 
 def _usage(requests: int, evaluated: int, cached: int, decoded: int) -> Usage:
@@ -255,7 +270,7 @@ class ParallelPlanner:
                                            slots=slots,  # type: ignore[arg-type]
                                            max_value_tokens=max_value_tokens)
         self.endpoint: LlamaCppEndpoint = self.decoder.endpoint
-        self._specs = {t.name: _ref_spec(t, nullable_optional=optional_args == "nullable") for t in registry}
+        self._nullable = optional_args == "nullable"
         self._optional = {t.name: set(t.parameters.get("properties") or {}) - set(t.parameters.get("required") or [])
                           for t in registry}
 
@@ -364,7 +379,10 @@ class ParallelPlanner:
         stats: DecodeStats | None = None
         error: BaseException | None = None
         try:
-            args, stats = await self.decoder.decode_arguments(self._specs[task.tool], tmsgs)
+            # references only to earlier tasks: the grammar cannot write one to this task or a later one
+            refs = [*sorted(res.tasks), *range(rnd.first_id, task.id)]
+            spec = _ref_spec(self.registry.get(task.tool), nullable_optional=self._nullable, refs=refs)
+            args, stats = await self.decoder.decode_arguments(spec, tmsgs)
         except (DecodingError, ModelError) as exc:
             error = exc
         except BaseException as exc:

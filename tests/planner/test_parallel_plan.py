@@ -247,6 +247,10 @@ async def test_tasks_get_their_own_arguments_and_references_resolve() -> None:
     prompts = {e["task"]: e["prompt"] for e in script.log if e["task"]}
     assert "Write call 2: search()" in prompts[2] and "Calls 1, 2 all use search" in prompts[2]
     assert "3. add($1, $2)\n4. join()" in prompts[1]
+    # a reference is admitted only to an earlier call: none in task 1's grammars, $1 and $2 in task 3's
+    grammars = {e["task"]: e["body"]["grammar"] for e in script.log if e["task"] and "grammar" in e["body"]}
+    assert "$" not in grammars[1]
+    assert '"$1", "$2"' in grammars[3] and '"$3"' not in grammars[3]
     # the joiner saw every task and its result; usage counts every request
     assert "1. search(" in joiner.prompts[-1] and "about y" in joiner.prompts[-1]
     assert res.llm_calls >= 1 + 5 + 1 and res.usage.output_tokens > 0
@@ -261,11 +265,12 @@ async def test_references_resolve_to_numbers() -> None:
 
 
 async def test_invalid_arguments_are_a_plan_issue_not_a_call() -> None:
-    # the grammar admits "$N" where a number is due; "$9" names no earlier call
+    # the grammar admits "$N" where a number is due, for earlier calls only; a model (here a
+    # script) that writes "$9" anyway gets its arguments rejected, and nothing runs for them
     script = Script(outline="1. add()\n2. add()\n3. join()", args={1: {"a": 1, "b": 2}, 2: {"a": "$9", "b": 1}})
     res, joiner, calls, _ = await _run(script)
     assert [c[1] for c in calls] == [{"a": 1, "b": 2}]
-    assert [i.task_id for i in res.issues] == [2] and "task 9" in res.issues[0].message
+    assert [i.task_id for i in res.issues] == [2] and "$9" in res.issues[0].message
     assert "Plan problems" in joiner.prompts[-1]
 
 
