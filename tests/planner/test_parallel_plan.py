@@ -353,3 +353,16 @@ async def test_real_model_plans_known_tools_with_valid_arguments(engine_url: str
         tool_.validate_args({k: (1 if isinstance(v, str) and v.startswith("$") else v) for k, v in t.args.items()})
     queries = [c[1]["query"].lower() for c in calls if c[0] == "search"]
     assert any("oslo" in q for q in queries) and any("lima" in q for q in queries), queries
+
+
+def test_agent_and_cli_take_the_plan_format() -> None:
+    from typer.testing import CliRunner
+
+    from agentrt import Agent
+    from agentrt.cli._app import app
+
+    assert Agent(tools=[], plan_format="parallel", memory=False).plan_format == "parallel"
+    with pytest.raises(ValueError, match="plan_format"):
+        Agent(tools=[], plan_format="xml", memory=False)
+    out = CliRunner().invoke(app, ["run", "--plan-format", "xml", "1 + 1?"])
+    assert out.exit_code == 2 and "--plan-format" in out.output
