@@ -31,6 +31,7 @@ Needs llama.cpp's native ``/apply-template`` and ``/completion`` (the local engi
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -39,7 +40,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from agentrt.decoding import DecodeStats, LlamaCppEndpoint, ParallelCallDecoder, RawCompletion
+from agentrt.decoding import (
+    DecodeStats,
+    LlamaCppEndpoint,
+    ParallelCallDecoder,
+    RawCompletion,
+)
 from agentrt.errors import DecodingError, ModelError
 from agentrt.executor import Task
 from agentrt.llm import Message, OpenAIChatModel, Usage
@@ -73,8 +79,7 @@ class OutlineTask:
 
 
 def _lit(text: str) -> str:
-    import json
-
+    """``text`` as a Lark string literal (JSON escaping is a subset Lark reads)."""
     return json.dumps(text, ensure_ascii=False)
 
 

@@ -14,7 +14,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import pytest
@@ -80,7 +80,7 @@ class FakeLlamaCpp:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> FakeLlamaCpp:
+    def __enter__(self) -> Self:
         self.thread.start()
         return self
 
