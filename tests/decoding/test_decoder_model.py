@@ -38,9 +38,16 @@ async def test_real_model_name_is_a_known_tool_and_arguments_validate(decoding_b
             assert args["unit"] in ("celsius", "fahrenheit") and isinstance(args["city"], str)
         else:
             assert isinstance(args["where"]["tags"], list)
-    # the skeleton is not decoded: far fewer tokens than the call's text
-    text = sum(len(c.name) + len(c.arguments) for c in result.calls)
-    assert result.stats.tokens_decoded < text / 2
+    # an argument branch decodes its value and a delimiter, never the required keys around it (the
+    # last one also writes the optional pairs present): fewer tokens than that text has characters
+    for b in result.stats.branches:
+        if b.label.startswith("arg:"):
+            key, index = b.label[4:].split("#")
+            call = result.calls[int(index)]
+            args = json.loads(call.arguments)
+            required = {"weather.get": {"city", "unit"}, "geo.lookup": {"where"}}[call.name]
+            optional = {k: v for k, v in args.items() if k not in required}
+            assert b.tokens <= len(json.dumps(args[key])) + 3 + len(json.dumps(optional)), (b.label, b.tokens, args)
     # pinned branches continue the prompt already in their slot
     branches = [b for b in result.stats.branches if b.label.startswith("arg:")]
     assert any(b.cache_n > 10 * max(1, b.prompt_n) for b in branches), branches
