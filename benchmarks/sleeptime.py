@@ -23,7 +23,9 @@ by query (A then B, then B then A):
    (notes with absolute dates, max ``locomo_notes_tokens`` = 400, + 5 predicted questions with
    evidence and answers, max ``locomo_predict_tokens`` = 320) once per conversation; at test
    time a served match, or only the learned-context lines closest to the question (at most
-   ``locomo_learned_chars`` = 1,000 characters, predicted items kept whole) + the conversation's
+   ``locomo_learned_chars`` = 700 characters, predicted items kept whole) + the conversation's own
+   passages closest to it (stored and embedded in sleep time, ~300-character passages, at most
+   ``locomo_passage_chars`` = 800 characters: the details no note kept) + the conversation's
    date (metadata; the raw text starts with it) + question, never the raw conversation -> short
    answer. Scored by LoCoMo's token F1 (SQuAD normalisation);
    "correct" = F1 >= 0.5.
@@ -46,7 +48,7 @@ precision 0.9; a threshold is never chosen from the queries it serves.
 
 Options (``--set KEY=VALUE``): convs, questions, context_chars, concurrency (default 2),
 gsm_notes_tokens, gsm_predict_tokens, gsm_test_tokens, locomo_notes_tokens, locomo_predict_tokens,
-locomo_learned_chars.
+locomo_learned_chars, locomo_passage_chars.
 """
 
 from __future__ import annotations
@@ -212,7 +214,7 @@ async def ask(model, system: str, user: str, max_tokens: int) -> dict:
 
 
 async def prepare(store, model, ctx_id: str, text: str, *, questions: int, notes_tokens: int,
-                  predict_tokens: int, expected_queries: float) -> dict:
+                  predict_tokens: int, expected_queries: float, passage_chars: int = 0) -> dict:
     """Run the anticipate job for one context in its own scheduler; returns its accounting."""
     from agentrt.sleeptime import JobBudget, SleepTimeScheduler
     from agentrt.tracing import Tracer
@@ -221,7 +223,7 @@ async def prepare(store, model, ctx_id: str, text: str, *, questions: int, notes
     async with SleepTimeScheduler(store, model, min_idle_s=0, every_n_runs=0, consolidate_on_idle=False,
                                   job_budget=JobBudget(tokens=6000, seconds=600), tracer=Tracer(None)) as sleep:
         sleep.attach(ctx_id, text, expected_queries=expected_queries, questions=questions,
-                     notes_tokens=notes_tokens, predict_tokens=predict_tokens)
+                     notes_tokens=notes_tokens, predict_tokens=predict_tokens, passage_chars=passage_chars)
         await sleep.wait_idle()
     h = sleep.history[0]
     return {"status": h["status"], "input_tokens": h["input_tokens"], "output_tokens": h["output_tokens"],
@@ -250,7 +252,7 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
     from agentrt.sleeptime import LearnedMemory
 
     lim = anyio.CapacityLimiter(cfg["concurrency"])
-    learned = LearnedMemory(store, threshold=2.0)
+    learned = LearnedMemory(store, threshold=2.0, passage_chars=0)  # the context is in the prompt anyway
     sleep_acc: dict[str, dict] = {}
 
     async def sleep_one(p):
@@ -313,7 +315,8 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
 async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
     from agentrt.sleeptime import LearnedMemory
 
-    learned = LearnedMemory(store, threshold=2.0, max_chars=cfg["locomo_learned_chars"])
+    learned = LearnedMemory(store, threshold=2.0, max_chars=cfg["locomo_learned_chars"],
+                            passage_chars=cfg["locomo_passage_chars"])
     lim = anyio.CapacityLimiter(cfg["concurrency"])
     sleep_acc: dict[str, dict] = {}
 
@@ -321,7 +324,7 @@ async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
         async with lim:
             sleep_acc[c["id"]] = await prepare(store, model, c["id"], c["context"], questions=5,
                                                notes_tokens=cfg["locomo_notes_tokens"],
-                                               predict_tokens=cfg["locomo_predict_tokens"],
+                                               predict_tokens=cfg["locomo_predict_tokens"], passage_chars=300,
                                                expected_queries=len(c["queries"]))
             progress(f"locomo {c['id']}: sleep-time {sleep_acc[c['id']]['tokens']} tokens")
     async with anyio.create_task_group() as tg:
@@ -440,7 +443,8 @@ async def _main(config: dict) -> dict:
            "gsm_test_tokens": int(config.get("gsm_test_tokens", 80)),
            "locomo_notes_tokens": int(config.get("locomo_notes_tokens", 400)),
            "locomo_predict_tokens": int(config.get("locomo_predict_tokens", 320)),
-           "locomo_learned_chars": int(config.get("locomo_learned_chars", 1000))}
+           "locomo_learned_chars": int(config.get("locomo_learned_chars", 700)),
+           "locomo_passage_chars": int(config.get("locomo_passage_chars", 800))}
     convs = int(config.get("convs", 2))
     n_q = int(config.get("questions", 10))
     ctx_chars = int(config.get("context_chars", 4500))

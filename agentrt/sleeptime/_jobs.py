@@ -245,13 +245,17 @@ class Anticipate:
         text: the context.
         questions: how many questions to predict (0: notes only).
         notes_tokens, predict_tokens: ``max_tokens`` of the two LLM calls.
+        passage_chars: the text is also stored as passages of about this many characters
+            (whole lines; kind ``passage``, embedded by the store) so a query can be given the
+            few passages closest to it instead of the whole text (0: none).
     """
 
     kind = "anticipate"
 
     def __init__(self, context_id: str, text: str, *, questions: int = 5, notes_tokens: int = 512,
-                 predict_tokens: int = 384) -> None:
+                 predict_tokens: int = 384, passage_chars: int = 400) -> None:
         self.context_id, self.text, self.questions = context_id, text, questions
+        self.passage_chars = passage_chars
         self.notes_tokens, self.predict_tokens = notes_tokens, predict_tokens
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.key = f"anticipate:{context_id}:{digest}:{questions}"
@@ -259,7 +263,7 @@ class Anticipate:
 
     def _forget_stale(self, store: MemoryStore) -> int:
         n = 0
-        for kind in ("anticipation", "learned", "sleeptime_step"):
+        for kind in ("anticipation", "learned", "passage", "sleeptime_step"):
             after = 0
             while True:
                 evs = store.events(session=self.session, kind=kind, after_id=after, limit=1000)
@@ -277,8 +281,10 @@ class Anticipate:
         done = jc.done_steps()
         if "context" not in done:
             stale = await anyio.to_thread.run_sync(self._forget_stale, jc.store)
+            passages = [Event(t, session=self.session, role="user", kind="passage", meta={"job": self.key})
+                        for t in split_passages(self.text, self.passage_chars)] if self.passage_chars else []
             await jc.save("context", [Event(self.text, session=self.session, role="user", kind="context",
-                                            meta={"job": self.key})], stale_forgotten=stale)
+                                            meta={"job": self.key}), *passages], stale_forgotten=stale)
         if "notes" in done:
             notes = "\n".join(e.text for e in jc.step_events(done["notes"]))
         else:
@@ -307,6 +313,26 @@ class Anticipate:
                 f"Q: {q}\n" + (f"Work: {w}\n" if w else "") + f"A: {a}" for q, w, a in qa)
         block = await anyio.to_thread.run_sync(_publish, jc.store, learned_label(self.context_id), ours)
         return {"notes_chars": len(notes), "predicted": len(qa), "block_version": block.version}
+
+
+def split_passages(text: str, size: int) -> list[str]:
+    """``text`` cut into passages of whole lines, each about ``size`` characters or less (a line
+    longer than ``size`` is a passage of its own); a text of one passage gives none (the text
+    itself is the passage)."""
+    out: list[str] = []
+    cur: list[str] = []
+    n = 0
+    for line in text.splitlines():
+        if not line.strip():
+            continue
+        if cur and n + len(line) + 1 > size:
+            out.append("\n".join(cur))
+            cur, n = [], 0
+        cur.append(line)
+        n += len(line) + 1
+    if cur:
+        out.append("\n".join(cur))
+    return out if len(out) > 1 else []
 
 
 def _dedupe_lines(text: str) -> str:

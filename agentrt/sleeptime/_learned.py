@@ -145,15 +145,19 @@ class LearnedMemory:
         threshold: cosine threshold for serving a precomputed answer (default
             :data:`DEFAULT_MATCH_THRESHOLD`; set it from :func:`calibrate_threshold`).
         max_chars: at most this many characters of learned context per call.
+        passage_chars: with a question and a context, also up to this many characters of the
+            context's own passages closest to the question (stored by ``anticipate``; hybrid
+            search), so details no note kept still reach the answer (0: none).
 
     Read-only and thread-safe (the store's readers are per thread).
     """
 
     def __init__(self, store: MemoryStore, *, threshold: float = DEFAULT_MATCH_THRESHOLD,
-                 max_chars: int = 3000) -> None:
+                 max_chars: int = 3000, passage_chars: int = 800) -> None:
         self.store = store
         self.threshold = threshold
         self.max_chars = max_chars
+        self.passage_chars = passage_chars
 
     def contexts(self) -> list[str]:
         """Ids of the contexts that have a learned block, in label order."""
@@ -168,7 +172,9 @@ class LearnedMemory:
         or of the only context. Durable consolidated facts (block ``sleeptime/facts``) follow.
         At most ``max_chars`` characters: when the learned text is longer and a question is
         given, its lines most similar to the question (cosine, the store's embedder) are kept, in
-        their original order, so the planner's prompt stays small however much was learned.
+        their original order, so the planner's prompt stays small however much was learned. With
+        a question, up to ``passage_chars`` more characters of the context's passages closest to
+        it follow.
         """
         parts = []
         cid = context_id
@@ -189,11 +195,28 @@ class LearnedMemory:
         if facts:
             parts.append("Facts from past conversations:\n" + facts)
         text = "\n\n".join(parts)
-        if len(text) <= self.max_chars:
-            return text
-        if question and self.store.embedder is not None:
-            return self._select(text, question)
-        return text[: self.max_chars - 3] + "..."
+        if len(text) > self.max_chars:
+            if question and self.store.embedder is not None:
+                text = self._select(text, question)
+            else:
+                text = text[: self.max_chars - 3] + "..."
+        if question and cid is not None and self.passage_chars > 0:
+            passages = self._passages(question, cid)
+            if passages:
+                text = (text + "\n\n" if text else "") + "Passages of the context closest to the question:\n" + passages
+        return text
+
+    def _passages(self, question: str, cid: str) -> str:
+        """The context's stored passages closest to ``question`` within ``passage_chars``, in text order."""
+        res = self.store.search(question, k=8, filters=Filters(session=context_session(cid), kind="passage"),
+                                use_cache=False)
+        keep, size = [], 0
+        for hit in res.hits:
+            if hit.event.expired_at is not None or size + len(hit.event.text) + 1 > self.passage_chars:
+                continue
+            keep.append(hit.event)
+            size += len(hit.event.text) + 1
+        return "\n".join(e.text for e in sorted(keep, key=lambda e: e.id))
 
     def _select(self, text: str, question: str) -> str:
         """The lines of ``text`` most similar to ``question`` (a predicted ``Q:``/``Work:``/``A:``

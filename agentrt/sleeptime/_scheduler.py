@@ -151,7 +151,8 @@ class SleepTimeScheduler:
     # ---- triggers --------------------------------------------------------------------------------
     def attach(self, context_id: str, text: str, *, expected_queries: float = 1.0,
                predictability: float | None = None, questions: int | None = None,
-               notes_tokens: int = 512, predict_tokens: int = 384, budget: JobBudget | None = None) -> str:
+               notes_tokens: int = 512, predict_tokens: int = 384, passage_chars: int = 400,
+               budget: JobBudget | None = None) -> str:
         """Attach a context (document, data set, conversation): ``anticipate`` it when idle.
 
         Args:
@@ -162,6 +163,8 @@ class SleepTimeScheduler:
             questions: how many questions to predict (default ``min(8, max(3, 2 x expected_queries))``).
             notes_tokens: ``max_tokens`` of the notes call (how long the model may think).
             predict_tokens: ``max_tokens`` of the call predicting questions with answers.
+            passage_chars: the text is also stored as passages of about this many characters,
+                so a query gets the passages closest to it (0: none).
             budget: this job's budget (default: the scheduler's, possibly lowered by allocation).
 
         Returns the job key (``status()`` reports on it).
@@ -170,7 +173,8 @@ class SleepTimeScheduler:
         stats.expected_queries = expected_queries
         stats.predictability = predictability
         n = questions if questions is not None else int(min(8, max(3, round(2 * expected_queries))))
-        job = Anticipate(context_id, text, questions=n, notes_tokens=notes_tokens, predict_tokens=predict_tokens)
+        job = Anticipate(context_id, text, questions=n, notes_tokens=notes_tokens, predict_tokens=predict_tokens,
+                         passage_chars=passage_chars)
         self._enqueue(job, budget)
         return job.key
 

@@ -129,3 +129,32 @@ def test_looping_notes_keep_each_line_once():
 
     looped = "KEY FACTS:\n- Kyle is one.\n" + "- They have a pic of Kyle.\n" * 30 + "-  they have a pic of kyle.\n\n- Done."
     assert _dedupe_lines(looped) == "KEY FACTS:\n- Kyle is one.\n- They have a pic of Kyle.\n\n- Done."
+
+
+@pytest.mark.anyio
+async def test_a_query_gets_the_passages_of_the_context_closest_to_it(tmp_path):
+    from agentrt.sleeptime._jobs import split_passages
+
+    lines = [f"Day {i}: Maria walked the dog and read a book about gardens." for i in range(30)]
+    lines[17] = "Day 17: Maria adopted a grey parrot named Pixel from the shelter."
+    talk = "\n".join(lines)
+    assert split_passages("one line only", 100) == []
+    parts = split_passages(talk, 200)
+    assert len(parts) > 5 and all(len(p) <= 200 for p in parts) and "\n".join(parts) == talk
+    store = MemoryStore(tmp_path / "m.db", embedder=HashingEmbedder())
+    try:
+        model = FakeModel(notes="Maria likes walks.", qa=[("What does Maria read about?", "gardens")])
+        async with SleepTimeScheduler(store, model, min_idle_s=0, every_n_runs=0, consolidate_on_idle=False,
+                                      tracer=Tracer(None)) as sleep:
+            sleep.attach("talk", talk, questions=1, passage_chars=200)
+            with anyio.fail_after(5):
+                await sleep.wait_idle()
+        mem = LearnedMemory(store, passage_chars=250)
+        text = mem.learned_context("What is the name of the parrot Maria adopted?", context_id="talk")
+        assert text.startswith("Maria likes walks.")                     # the notes first
+        tail = text.split("Passages of the context closest to the question:\n", 1)[1]
+        assert "parrot named Pixel" in tail and len(tail) <= 250         # the detail no note kept
+        assert LearnedMemory(store, passage_chars=0).learned_context(
+            "What is the name of the parrot Maria adopted?", context_id="talk").count("Pixel") == 0
+    finally:
+        store.close()
