@@ -75,8 +75,9 @@ GSM_SLEEP_SYSTEM = ("Notes with worked calculations about the problem are given;
                     "question exactly. Reason briefly, in at most three short lines, using the problem and "
                     "the notes, then end with a line 'The answer is N' where N is a number.")
 QA_BASE_SYSTEM = "Answer the question about the conversation in a few words. Give only the answer."
-QA_SLEEP_SYSTEM = ("Answer the question about a conversation from the notes taken about it (facts with "
-                   "dates, and likely questions with their answers), in a few words. Give only the answer.")
+QA_SLEEP_SYSTEM = ("Answer the question about a conversation from the notes taken about it (facts, likely "
+                   "questions with their answers) and the passages of it given, in a few words. Give only "
+                   "the answer.")
 
 
 # ---- data -------------------------------------------------------------------------------------------
