@@ -191,8 +191,9 @@ class _Spec:
 
     def value_schema(self, key: str) -> dict[str, Any]:
         schema = branch_schema((self.parameters.get("properties") or {}).get(key) or {})
-        if "$defs" in self.parameters:
-            schema = {**schema, "$defs": branch_schema(self.parameters["$defs"])}
+        if "$defs" in self.parameters:  # a mapping of named schemas, not a schema: keep the names
+            schema = {**schema, "$defs": {name: branch_schema(sub)
+                                          for name, sub in self.parameters["$defs"].items()}}
         return schema
 
     def validate(self, args: dict[str, Any]) -> None:

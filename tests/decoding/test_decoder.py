@@ -7,6 +7,7 @@ import logging
 import re
 
 import pytest
+from pydantic import BaseModel
 from _fake_llamacpp import FakeServer, Script, render
 
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
@@ -74,6 +75,30 @@ def test_grammars_admit_only_the_tool_names_and_each_argument_schema() -> None:
     t = optional_tail_grammar([("days", {"type": "integer"}), ("hours", {"type": "integer"})], after_required=True)
     assert f'start: {OBJECT_CLOSE} | ", " t0 | ", " t1' in t
     assert "t0: " in t and '", " t1' in t.split("t0: ")[1].split("\n")[0]
+
+
+class Address(BaseModel):
+    city: str
+    zip: str
+
+
+def test_a_branch_schema_keeps_the_named_definitions_its_refs_point_to() -> None:
+    from agentrt.decoding._decoder import _spec
+
+    @tool
+    def ship(to: Address, weight_kg: float) -> str:
+        """Ship a parcel.
+
+        Args:
+            to: where to.
+            weight_kg: its weight.
+        """
+        return "ok"
+
+    value = _spec(ship).value_schema("to")
+    assert value["$ref"] == "#/$defs/Address"
+    assert value["$defs"]["Address"]["required"] == ["city", "zip"]  # the name survives
+    assert set(value["$defs"]["Address"]["properties"]) == {"city", "zip"}
 
 
 async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> None:
