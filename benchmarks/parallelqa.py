@@ -270,6 +270,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
                     "llm_calls": (res.llm_calls if res else 0) + len(tool_usage),
                     "input_tokens": (res.usage.input_tokens if res else 0) + sum(u.input_tokens for u in tool_usage),
                     "output_tokens": (res.usage.output_tokens if res else 0) + sum(u.output_tokens for u in tool_usage),
+                    "cached_input_tokens": (res.usage.cached_tokens if res else 0)
+                    + sum(u.cached_tokens for u in tool_usage),
                     "tasks": len(res.tasks) if res else 0, "rounds": res.rounds if res else 0,
                     "first_dispatch_s": res.first_dispatch_seconds if res else None,
                 }
@@ -292,6 +294,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
             "llm_calls_mean": round(statistics.fmean(r["llm_calls"] for r in recs), 2) if recs else None,
             "input_tokens_mean": round(statistics.fmean(r["input_tokens"] for r in recs), 1) if recs else None,
             "output_tokens_mean": round(statistics.fmean(r["output_tokens"] for r in recs), 1) if recs else None,
+            "cached_input_tokens_mean": round(statistics.fmean(r["cached_input_tokens"] for r in recs), 1)
+            if recs else None,
             "errors": sum(1 for r in recs if r["error"]),
             "per_question": recs,
         }
