@@ -314,7 +314,8 @@ async def _run_async(config: dict[str, Any]) -> dict[str, Any]:
         "bench": "parallelqa",
         "config": {"questions": len(questions), "search_latency": "lognormal(median=0.3s, sigma=0.5)",
                    "model": settings.model, "systems": systems,
-                   "scoring": "numbers: first number within 10 %; choices: first option named"},
+                   "scoring": "numbers: first number within 10 %; choices: first option named",
+                   "engine": config.get("engine_note")},
         "systems": summary,
         "targets": targets,
     }
