@@ -379,19 +379,21 @@ class LLMCompiler:
             res.rounds = round_no
             self._emit(RoundStarted(round=round_no))
             await self._plan_and_execute(question, context, feedback, res)
-            decision = await self._join(question, res)
+            decision = await self._join(question, res, last=round_no == self.max_rounds)
             self._emit(decision)
             if decision.action == "answer" or round_no == self.max_rounds:
                 res.answer = decision.answer
+                failed = [t for t, r in res.results.items() if not r.ok]
                 if decision.action == "replan":
                     res.partial = True
                     res.reason = f"stopped after {self.max_rounds} rounds: {decision.thought}"
-                failed = [t for t, r in res.results.items() if not r.ok]
-                if failed and not res.partial and decision.action == "answer" and not any(
-                    r.ok for r in res.results.values()
-                ):
+                elif failed and not any(r.ok for r in res.results.values()):
                     res.partial = True
                     res.reason = "every tool call failed"
+                elif round_no == self.max_rounds and (failed or res.issues):
+                    res.partial = True  # answered because no round was left, not because all was there
+                    res.reason = (f"answered in the last of {self.max_rounds} rounds with {len(failed)} failed "
+                                  f"call(s) and {len(res.issues)} plan problem(s)")
                 break
             feedback = decision.thought or "some results are missing or failed"
 
@@ -566,18 +568,23 @@ class LLMCompiler:
             results = await session.wait()
         res.results.update(results)
 
-    async def _join(self, question: str, res: CompilerResult) -> JoinDecision:
+    async def _join(self, question: str, res: CompilerResult, *, last: bool = False) -> JoinDecision:
+        """The joiner's decision. In the ``last`` round a replan could not run, so its schema allows
+        only an answer and it is asked to answer from what it has and say what is missing (asked
+        for a replan there, the local model wrote its replan note as the answer)."""
         body = _describe_results(res.tasks, res.results,
                                  consumed_limit=self.joiner_consumed_chars) or "(no tool call was made)"
         if res.issues:
             body += "\nPlan problems:\n" + "\n".join(f"- {i.message}" for i in res.issues[-5:])
         msgs = [
             Message(role="system", content=joiner_system_prompt()),
-            Message(role="user", content=f"Question: {question}\n\nResults:\n{body}"),
+            Message(role="user", content=f"Question: {question}\n\nResults:\n{body}" + (
+                "\n\nNo more calls can be made: answer from these results, and say what is missing "
+                "if they do not give the whole answer." if last else "")),
         ]
         schema = JOINER_SCHEMA
-        if self.replan == "on_failure" and res.tasks and not res.issues and all(
-                r.ok for r in res.results.values()):
+        if last or (self.replan == "on_failure" and res.tasks and not res.issues and all(
+                r.ok for r in res.results.values())):
             schema = _ANSWER_ONLY_SCHEMA
         call = self._before_llm_call(res, "joiner", msgs, self.joiner_max_tokens)
         reader, parts = AnswerFieldReader(), []

@@ -172,6 +172,24 @@ async def test_rounds_are_bounded_and_answer_is_marked_partial() -> None:
     assert "2 rounds" in res.reason and res.answer == "best guess"
 
 
+async def test_last_round_joiner_may_only_answer_and_the_answer_is_marked_partial() -> None:
+    plans = [['1. search(query="boom")\n2. join()'], ['2. search(query="boom")\n3. join()']]
+    joins = [{"thought": "search failed", "action": "replan", "answer": ""},
+             {"thought": "both failed", "action": "answer", "answer": "unknown: the search failed twice"}]
+    model = ScriptedModel(plans, joins)
+    res = await LLMCompiler(model, make_registry([]), max_rounds=2).run("q")
+    assert model.join_schemas[0]["properties"]["action"]["enum"] == ["answer", "replan"]
+    assert model.join_schemas[1]["properties"]["action"]["enum"] == ["answer"]  # no round left
+    assert res.answer == "unknown: the search failed twice"
+    assert res.partial and "every tool call failed" in res.reason
+
+    plans = [['1. search(query="a")\n2. search(query="boom")\n3. join()'], ['3. search(query="boom")\n4. join()']]
+    joins = [{"thought": "2 failed", "action": "replan", "answer": ""},
+             {"thought": "a only", "action": "answer", "answer": "result for a; b is missing"}]
+    res = await LLMCompiler(ScriptedModel(plans, joins), make_registry([]), max_rounds=2).run("q")
+    assert res.partial and "last of 2 rounds with 2 failed call(s)" in res.reason
+
+
 async def test_unknown_tool_and_forward_reference_become_issues_the_joiner_sees() -> None:
     plan = ['1. nosuchtool(x=1)\n2. add(a=$5, b=1)\n3. db.count(table="users")\n4. join()']
     model = ScriptedModel([plan], [{"thought": "t", "action": "answer", "answer": "3"}])
