@@ -60,9 +60,12 @@ class Script:
 
 
 class FakeServer:
-    def __init__(self, script: Script) -> None:
+    """Serves ``script`` with ``handler`` (default: the decoder tests' llama.cpp look-alike; the
+    planner's tests pass their own `JsonHandler` subclass) on a free loopback port."""
+
+    def __init__(self, script: Any, handler: type[BaseHTTPRequestHandler] | None = None) -> None:
         self.script = script
-        handler = type("H", (_Handler,), {"script": script})
+        handler = type("H", (handler or _Handler,), {"script": script})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
 
@@ -82,8 +85,11 @@ class FakeServer:
 _CALL = re.compile(r'"name": "')
 
 
-class _Handler(BaseHTTPRequestHandler):
-    script: Script
+class JsonHandler(BaseHTTPRequestHandler):
+    """JSON replies, quiet logs, and llama.cpp's ``GET /props`` when the script serves the native
+    endpoints (``script.raw``); subclasses answer ``POST``."""
+
+    script: Any
 
     def log_message(self, *args: Any) -> None:  # keep pytest output clean
         pass
@@ -101,6 +107,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"default_generation_settings": {"n_ctx": 4096}, "total_slots": 4})
         else:
             self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
+
+
+class _Handler(JsonHandler):
+    script: Script
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))

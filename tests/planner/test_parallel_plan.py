@@ -13,11 +13,11 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import pytest
+from _fake_llamacpp import FakeServer, JsonHandler
 from _scripted import ScriptedModel
 
 from agentrt.executor import TaskStarted
@@ -70,44 +70,12 @@ class Script:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-class FakeLlamaCpp:
-    def __init__(self, script: Script) -> None:
-        self.script = script
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), type("H", (_Handler,), {"script": script}))
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self) -> Self:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def FakeLlamaCpp(script: Script) -> FakeServer:
+    return FakeServer(script, _Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(JsonHandler):
     script: Script
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def _send(self, status: int, body: dict[str, Any]) -> None:
-        raw = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(raw)))
-        self.end_headers()
-        self.wfile.write(raw)
-
-    def do_GET(self) -> None:
-        if self.path == "/props" and self.script.raw:
-            self._send(200, {"default_generation_settings": {"n_ctx": 4096}, "total_slots": 4})
-        else:
-            self._send(404, {"error": {"code": 404, "message": "File Not Found"}})
 
     def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
