@@ -95,13 +95,17 @@ class LlamaCppEndpoint:
         return self._client
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", path, body)
+
+    async def _request(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One JSON request; a reply that is not a JSON object is an error for POST, ``{}`` for GET."""
         url = self.root + path
         try:
-            response = await self._http().post(url, json=body)
+            response = await (self._http().post(url, json=body) if method == "POST" else self._http().get(url))
         except httpx2.TimeoutException as exc:
-            raise ModelTimeout(f"{url} did not answer within {self.timeout:g} s") from exc
-        except httpx2.TransportError as exc:
-            raise ModelError(f"connection to {url} failed: {type(exc).__name__}: {exc}") from exc
+            raise ModelTimeout(f"{method} {url} did not answer within {self.timeout:g} s") from exc
+        except httpx2.HTTPError as exc:
+            raise ModelError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from exc
         if not response.is_success:
             raise ModelHTTPError(f"HTTP {response.status_code} from {url}: {response.text[:300]}",
                                  status_code=response.status_code, body=response.text[:2000])
@@ -110,6 +114,8 @@ class LlamaCppEndpoint:
         except ValueError as exc:
             raise ModelResponseError(f"{url} answered with invalid JSON: {response.text[:300]!r}") from exc
         if not isinstance(data, dict):
+            if method == "GET":
+                return {}
             raise ModelResponseError(f"{url} answered with a non-object: {response.text[:300]!r}")
         return data
 
@@ -128,19 +134,7 @@ class LlamaCppEndpoint:
         return None
 
     async def _get(self, path: str) -> dict[str, Any]:
-        url = self.root + path
-        try:
-            response = await self._http().get(url)
-        except httpx2.HTTPError as exc:
-            raise ModelError(f"GET {url} failed: {type(exc).__name__}: {exc}") from exc
-        if not response.is_success:
-            raise ModelHTTPError(f"HTTP {response.status_code} from {url}: {response.text[:300]}",
-                                 status_code=response.status_code, body=response.text[:2000])
-        try:
-            data = response.json()
-        except ValueError as exc:
-            raise ModelResponseError(f"{url} answered with invalid JSON: {response.text[:300]!r}") from exc
-        return data if isinstance(data, dict) else {}
+        return await self._request("GET", path)
 
     async def apply_template(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
         """The chat template applied to ``messages`` (+ ``tools``), ending with the generation prompt.
