@@ -22,8 +22,15 @@ SYSTEM = "<|im_start|>system\nYou may call functions.\n<tools>\n{tools}\n</tools
 
 def render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> str:
     """ChatML with Qwen2.5's ``<tool_call>`` blocks, ending with the generation prompt."""
-    out = SYSTEM.format(tools="\n".join(json.dumps(t) for t in tools or []))
+    return SYSTEM.format(tools="\n".join(json.dumps(t) for t in tools or [])) + render_turns(messages)
+
+
+def render_turns(messages: list[dict[str, Any]], *, skip_system: bool = False) -> str:
+    """The turns after the system block, in ChatML, ending with the generation prompt."""
+    out = ""
     for m in messages:
+        if skip_system and m["role"] == "system":
+            continue
         if m["role"] == "assistant" and m.get("tool_calls"):
             parts = [f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": '
                      f'{json.dumps(json.loads(c["function"]["arguments"]))}}}\n</tool_call>'

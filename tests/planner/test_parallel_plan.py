@@ -17,7 +17,7 @@ from typing import Any
 
 import anyio
 import pytest
-from _fake_llamacpp import FakeServer, JsonHandler
+from _fake_llamacpp import FakeServer, JsonHandler, render_turns
 from _scripted import ScriptedModel
 
 from agentrt.executor import TaskStarted
@@ -43,16 +43,7 @@ def _render(messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) 
     if tools:
         out += "\n<tools>\n" + "\n".join(json.dumps(t) for t in tools) + "\n</tools>"
     out += "<|im_end|>\n"
-    for m in messages:
-        if m["role"] == "system":
-            continue
-        if m["role"] == "assistant" and m.get("tool_calls"):
-            calls = [f'<tool_call>\n{{"name": "{c["function"]["name"]}", "arguments": '
-                     f'{json.dumps(json.loads(c["function"]["arguments"]))}}}\n</tool_call>' for c in m["tool_calls"]]
-            out += "<|im_start|>assistant\n" + "\n".join(calls) + "<|im_end|>\n"
-        else:
-            out += f"<|im_start|>{m['role']}\n{m.get('content') or ''}<|im_end|>\n"
-    return out + "<|im_start|>assistant\n"
+    return out + render_turns(messages, skip_system=True)
 
 
 @dataclass
