@@ -70,6 +70,7 @@ class LiveView:
         self.notes: list[str] = []
         self.answer = ""
         self.t0 = time.perf_counter()
+        self.live = True  # False once the run ended: no "planning..." line in the final render
 
     def on_event(self, ev: Any) -> None:
         kind = type(ev).__name__
@@ -95,6 +96,11 @@ class LiveView:
             self.notes.append(f"[magenta]round {ev.round}[/]")
 
     def render(self) -> Group:
+        notes = [Text.from_markup(n) for n in self.notes]
+        answer = [Text.assemble(("answer: ", "bold green"), self.answer)] if self.answer else []
+        if not self.rows:  # nothing planned yet (or the model never answered): no empty table
+            waiting = [Text("planning...", style="dim")] if self.live else []
+            return Group(*waiting, *notes, *answer)
         table = Table(title="plan", expand=False, show_lines=False)
         for col in ("#", "call", "state", "start s", "wall s", "result"):
             table.add_column(col, overflow="fold")
@@ -110,8 +116,7 @@ class LiveView:
             wall = f"{row['end'] - row['start']:.2f}" if "end" in row and "start" in row else ""
             call = task.render().split(". ", 1)[-1]
             table.add_row(str(tid), call[:70], Text(row["state"], style=colors[row["state"]]), start, wall, preview)
-        answer = [Text.assemble(("answer: ", "bold green"), self.answer)] if self.answer else []
-        return Group(table, *[Text.from_markup(n) for n in self.notes], *answer)
+        return Group(table, *notes, *answer)
 
 
 def _first_agentrt_error(exc: BaseException) -> AgentrtError | None:
@@ -224,6 +229,7 @@ def run(
                     finally:
                         tg.cancel_scope.cancel()
                         view.answer = ""  # printed below with the run's figures
+                        view.live = False
                         live.update(view.render())
             return result
         finally:
@@ -237,7 +243,8 @@ def run(
         if err is None:
             raise
         if not isinstance(err, UsageLimitExceeded) or err.partial is None:
-            console.print(f"[red]error:[/] {type(err).__name__}: {err}")
+            # rich's Live leaves the cursor after its last line when an error ends it
+            console.print(f"{'' if as_json or not view.rows else chr(10)}[red]error:[/] {type(err).__name__}: {err}")
             raise typer.Exit(1) from None
         stopped, result = err, err.partial
     _report(result, as_json)
