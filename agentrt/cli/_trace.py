@@ -12,6 +12,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
@@ -55,7 +56,7 @@ def _resolve(store: TraceStore, ref: str) -> str:
     try:
         return store.resolve(ref)
     except KeyError as exc:
-        err_console.print(f"[red]error:[/] {exc.args[0]}")
+        err_console.print(f"[red]error:[/] {escape(str(exc.args[0]))}")
         raise typer.Exit(1) from None
 
 
@@ -109,19 +110,39 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
     if as_json:
         console.print_json(json.dumps([_summary_dict(r) for r in runs], default=str))
         return
+    # Narrow terminals (< 120 columns) get fewer, shorter columns that stay readable (status as
+    # the run id's colour, LLM/tool calls in one column, the start time as HH:MM, or MM-DD when
+    # not today) instead of every column squeezed to an ellipsis.
+    wide = console.width >= 120
     t = Table(title=f"runs in {store.path} ({store.count_runs()} in all)", title_justify="left")
-    for col, just in (("run", "left"), ("started", "left"), ("name", "left"), ("status", "left"),
-                      ("wall", "right"), ("LLM", "right"), ("tools", "right"), ("tokens in/cached/out", "right"),
-                      ("cost", "right"), ("energy", "right"), ("par.eff", "right")):
-        t.add_column(col, justify=just, no_wrap=col != "name")  # type: ignore[arg-type]
+    if wide:
+        cols = ["run", "started", "question", "status", "wall", "LLM", "tools", "tokens in/cached/out", "cost",
+                "energy", "par.eff"]
+    else:
+        cols = ["run", "start", "question", "wall", "LLM/tools", "in/cached/out", "cost"]
+    for col in cols:
+        t.add_column(col, justify="left" if col in ("run", "started", "start", "question", "status") else "right",
+                     no_wrap=col != "question", ratio=1 if col == "question" else None)
+    colour = {"ok": "green", "error": "red"}
+    today = _dt.date.today().strftime("%Y-%m-%d")
     for r in runs:
-        status = {"ok": "[green]ok[/]", "error": "[red]error[/]"}.get(r.status, f"[yellow]{r.status}[/]")
-        t.add_row(r.run_id[:12], _when(r.started_ns), Text((r.name or "(running)")[:40]), status, _secs(r.wall_s), str(r.llm_calls),
-                  str(r.tool_calls), f"{r.input_tokens}/{r.cached_tokens}/{r.output_tokens}", _usd(r.cost_usd),
-                  _energy(r.energy_j, r.energy_method),
-                  "-" if r.parallel_efficiency is None else f"{r.parallel_efficiency:.2f}")
+        label = Text((r.question or r.name or "(running)")[:60])
+        tokens = f"{r.input_tokens}/{r.cached_tokens}/{r.output_tokens}"
+        if wide:
+            t.add_row(r.run_id[:12], _when(r.started_ns), label, Text(r.status, colour.get(r.status, "yellow")),
+                      _secs(r.wall_s), str(r.llm_calls), str(r.tool_calls), tokens, _usd(r.cost_usd),
+                      _energy(r.energy_j, r.energy_method),
+                      "-" if r.parallel_efficiency is None else f"{r.parallel_efficiency:.2f}")
+        else:
+            when = _when(r.started_ns)
+            t.add_row(Text(r.run_id[:8], colour.get(r.status, "yellow")), when[11:16] if when[:10] == today else when[5:10],
+                      label, _secs(r.wall_s), f"{r.llm_calls}/{r.tool_calls}", tokens, _usd(r.cost_usd))
     console.print(t)
-    console.print("[dim]≈ estimated energy; par.eff = tool-call seconds / wall seconds[/]")
+    if wide:
+        console.print("[dim]≈ estimated energy; par.eff = tool-call seconds / wall seconds[/]")
+    else:
+        console.print("[dim]run id: [green]ok[/] [red]error[/] [yellow]running[/]; energy and parallel "
+                      "efficiency: a terminal of 120+ columns, or --json[/]")
 
 
 def _span_label(s: SpanRecord, crit: set[str]) -> Text:
@@ -156,7 +177,9 @@ def show(run: str = typer.Argument("last", help="Run id, unique prefix, or 'last
     s = store.run(run_id)
     spans = store.spans(run_id)
     crit = set(s.critical_path)
-    console.print(f"[bold]run {run_id}[/]  {s.name}")
+    console.print(f"[bold]run {run_id}[/]  {escape(s.name or '')}")
+    if s.question:
+        console.print(Text(f"  question: {s.question}"))
     console.print(f"  started {_when(s.started_ns)}  wall {_secs(s.wall_s)}  status {s.status}  "
                   f"LLM calls {s.llm_calls}  tool calls {s.tool_calls}  spans {s.span_count}")
     console.print(f"  tokens in {s.input_tokens} (cached {s.cached_tokens})  out {s.output_tokens} "
@@ -282,7 +305,7 @@ def export(run: str = typer.Argument("last", help="Run id, unique prefix, or 'la
             try:
                 n = export_otlp(spans, endpoint, protocol=protocol)  # type: ignore[arg-type]
             except (ConnectionError, ModuleNotFoundError, ValueError) as exc:
-                err_console.print(f"[red]error:[/] {exc}")
+                err_console.print(f"[red]error:[/] {escape(str(exc))}")
                 raise typer.Exit(1) from None
             err_console.print(f"sent {n} spans of run {run_id[:12]} to {endpoint}")
         if output is None:
@@ -313,7 +336,7 @@ def plot(run: str = typer.Argument("last", help="Run id, unique prefix, or 'last
     try:
         path = plot_timeline(store.spans(run_id), output)
     except (ModuleNotFoundError, ValueError) as exc:
-        err_console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     err_console.print(f"wrote {path}")
 

@@ -44,6 +44,7 @@ class RunSummary:
             from the first span's start to the last one's end, seconds.
         parallel_efficiency: sum of tool-call seconds / run wall seconds (average tool calls in
             flight; > 1 means tool calls overlapped).
+        question: the root span's ``agentrt.run.question`` (None when the run had none).
     """
 
     run_id: str
@@ -65,6 +66,7 @@ class RunSummary:
     critical_path: list[str] = field(default_factory=list)
     critical_path_s: float = 0.0
     parallel_efficiency: float | None = None
+    question: str | None = None
 
     @property
     def wall_s(self) -> float | None:
@@ -218,7 +220,8 @@ def summarize(spans: Sequence[SpanRecord], *, run_id: str | None = None) -> RunS
         start, end = root.start_ns, max(root.end_ns, end)
     summary = RunSummary(run_id=run_id or (spans[0].run_id if spans else ""), name=root.name if root else "",
                          started_ns=start, ended_ns=end, status=root.status if root else "ok",
-                         span_count=len(spans))
+                         span_count=len(spans),
+                         question=root.attributes.get(sc.RUN_QUESTION) if root else None)
     cost = 0.0
     priced = 0
     tool_s = 0.0

@@ -37,7 +37,8 @@ CREATE TABLE IF NOT EXISTS runs (
     input_tokens INTEGER DEFAULT 0, output_tokens INTEGER DEFAULT 0, cached_tokens INTEGER DEFAULT 0,
     reasoning_tokens INTEGER DEFAULT 0, cost_usd REAL, unpriced_calls INTEGER DEFAULT 0,
     energy_j REAL, energy_method TEXT, llm_calls INTEGER DEFAULT 0, tool_calls INTEGER DEFAULT 0,
-    span_count INTEGER DEFAULT 0, critical_path TEXT, critical_path_s REAL, parallel_efficiency REAL
+    span_count INTEGER DEFAULT 0, critical_path TEXT, critical_path_s REAL, parallel_efficiency REAL,
+    question TEXT
 );
 CREATE INDEX IF NOT EXISTS runs_started ON runs(started_ns);
 CREATE TABLE IF NOT EXISTS spans (
@@ -50,7 +51,8 @@ CREATE INDEX IF NOT EXISTS spans_start ON spans(start_ns);
 """
 _RUN_COLS = ("run_id", "name", "started_ns", "ended_ns", "status", "input_tokens", "output_tokens",
              "cached_tokens", "reasoning_tokens", "cost_usd", "unpriced_calls", "energy_j", "energy_method",
-             "llm_calls", "tool_calls", "span_count", "critical_path", "critical_path_s", "parallel_efficiency")
+             "llm_calls", "tool_calls", "span_count", "critical_path", "critical_path_s", "parallel_efficiency",
+             "question")
 
 
 def default_store_path() -> Path:
@@ -137,6 +139,9 @@ class TraceStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as con, con:
             con.executescript(_SCHEMA)
+            columns = {row[1] for row in con.execute("PRAGMA table_info(runs)")}
+            if "question" not in columns:  # a store written before runs kept their question
+                con.execute("ALTER TABLE runs ADD COLUMN question TEXT")
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._open_runs: dict[str, list[SpanRecord]] = {}
         self._thread: threading.Thread | None = None
@@ -248,7 +253,7 @@ class TraceStore:
         return (s.run_id, s.name, s.started_ns, s.ended_ns, s.status, s.input_tokens, s.output_tokens,
                 s.cached_tokens, s.reasoning_tokens, s.cost_usd, s.unpriced_calls, s.energy_j, s.energy_method,
                 s.llm_calls, s.tool_calls, s.span_count, json.dumps(s.critical_path), s.critical_path_s,
-                s.parallel_efficiency)
+                s.parallel_efficiency, s.question)
 
     def write_records(self, records: Sequence[SpanRecord]) -> None:
         """Write already-finished span records synchronously (imports, tests, benchmarks)."""

@@ -104,3 +104,43 @@ def test_tail_follows_a_run_while_it_happens(store: TraceStore) -> None:
     t.join()
     assert out.count("execute_tool tool") == len(DAG)
     assert "ended" in out and out.count("run ") == 1
+
+
+def test_a_question_with_brackets_is_printed_as_text_not_markup(store: TraceStore) -> None:
+    """A run is named by its question; `[/etc]` or `[red]` in it must print literally (rich would
+    read them as markup: a closing tag raised MarkupError, an opening one restyled the line)."""
+    question = "What is in [/etc] and [red]?"
+    run_id = anyio.run(make_run, store.tracer(), question)
+    assert store.flush()
+    for cmd in (["show", run_id[:12]], ["ls"]):
+        r = CliRunner().invoke(app, ["trace", *cmd, "--store", str(store.path)], env={"COLUMNS": "200"})
+        assert r.exit_code == 0, r.output
+        assert "[/etc]" in r.output and "[red]" in r.output, r.output
+
+
+def test_ls_at_80_columns_keeps_ids_questions_and_tokens_readable(store: TraceStore) -> None:
+    run_id = anyio.run(make_run, store.tracer(), "How long is the Danube?")
+    assert store.flush()
+    r = CliRunner().invoke(app, ["trace", "ls", "--store", str(store.path)], env={"COLUMNS": "80"})
+    assert r.exit_code == 0, r.output
+    assert max(len(line) for line in r.output.splitlines()) <= 80
+    assert run_id[:8] in r.output and "Danube" in r.output and "2100/300/190" in r.output
+
+
+def test_a_store_written_before_runs_kept_their_question_opens_and_fills_it(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as con:  # the runs table as it was, without the question column
+        con.execute("CREATE TABLE runs (run_id TEXT PRIMARY KEY, name TEXT, started_ns INTEGER NOT NULL, "
+                    "ended_ns INTEGER, status TEXT NOT NULL DEFAULT 'running', input_tokens INTEGER DEFAULT 0, "
+                    "output_tokens INTEGER DEFAULT 0, cached_tokens INTEGER DEFAULT 0, reasoning_tokens INTEGER "
+                    "DEFAULT 0, cost_usd REAL, unpriced_calls INTEGER DEFAULT 0, energy_j REAL, energy_method TEXT, "
+                    "llm_calls INTEGER DEFAULT 0, tool_calls INTEGER DEFAULT 0, span_count INTEGER DEFAULT 0, "
+                    "critical_path TEXT, critical_path_s REAL, parallel_efficiency REAL)")
+        con.execute("INSERT INTO runs (run_id, name, started_ns, ended_ns, status) VALUES ('a' , 'old', 1, 2, 'ok')")
+    store = TraceStore(path)
+    run_id = anyio.run(make_run, store.tracer(), "new question")
+    assert store.flush()
+    assert store.run(run_id).question == "new question"
+    assert store.run("a").question is None and store.run("a").name == "old"
