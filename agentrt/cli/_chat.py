@@ -8,6 +8,7 @@ import sys
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from agentrt.cli._app import app
 from agentrt.cli._engine import ModelProgress
@@ -66,7 +67,7 @@ def chat(
     try:
         completion = anyio.run(go)
     except AgentrtError as exc:
-        err_console.print(f"\n[red]error:[/] {exc}")
+        err_console.print(f"\n[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None
     sys.stdout.write("\n")
     if completion is None:

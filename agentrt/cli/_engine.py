@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -70,7 +71,7 @@ class ModelProgress:
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {exc}")
+    err_console.print(f"[red]error:[/] {escape(str(exc))}")
     return typer.Exit(1)
 
 

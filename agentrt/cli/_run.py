@@ -13,6 +13,7 @@ import anyio
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -88,10 +89,10 @@ class LiveView:
         elif kind == "AnswerDelta":
             self.answer += ev.text
         elif kind == "PlanIssueSeen":
-            self.notes.append(f"[yellow]plan issue:[/] {ev.issue.message}")
+            self.notes.append(f"[yellow]plan issue:[/] {escape(ev.issue.message)}")
         elif kind == "JoinDecision":
             if ev.action == "replan":
-                self.notes.append(f"[magenta]replan:[/] {ev.thought}")
+                self.notes.append(f"[magenta]replan:[/] {escape(ev.thought)}")
         elif kind == "RoundStarted" and ev.round > 1:
             self.notes.append(f"[magenta]round {ev.round}[/]")
 
@@ -244,13 +245,13 @@ def run(
             raise
         if not isinstance(err, UsageLimitExceeded) or err.partial is None:
             # rich's Live leaves the cursor after its last line when an error ends it
-            console.print(f"{'' if as_json or not view.rows else chr(10)}[red]error:[/] {type(err).__name__}: {err}")
+            console.print(f"{'' if as_json or not view.rows else chr(10)}[red]error:[/] {type(err).__name__}: {escape(str(err))}")
             raise typer.Exit(1) from None
         stopped, result = err, err.partial
     _report(result, as_json)
     if stopped is not None:
         if not as_json:
-            console.print(f"[red]stopped:[/] {stopped}")
+            console.print(f"[red]stopped:[/] {escape(str(stopped))}")
         raise typer.Exit(4)
     if result.partial:
         raise typer.Exit(3)
@@ -271,9 +272,10 @@ def _report(result: Any, as_json: bool) -> None:
         console.print_json(json.dumps(out, default=str))
         return
     style = "yellow" if result.partial else "bold green"
-    console.print(f"\n[{style}]{'partial answer' if result.partial else 'answer'}:[/] {result.answer}")
+    answer = escape(result.answer) if result.answer else "[dim](none: the run ended before an answer was written)[/]"
+    console.print(f"\n[{style}]{'partial answer' if result.partial else 'answer'}:[/] {answer}")
     if result.partial:
-        console.print(f"[yellow]partial:[/] {result.reason}")
+        console.print(f"[yellow]partial:[/] {escape(result.reason or '')}")
     u = result.usage
     path, path_s = result.critical_path
     console.print(

@@ -334,36 +334,14 @@ _JOIN = {"thought": "3 holds it", "action": "answer", "answer": "129"}
 
 @pytest.fixture
 def scripted_endpoint():
-    """An OpenAI-compatible endpoint on loopback replaying `_PLAN` and `_JOIN` (JSON, no stream):
-    the model is not what these tests are about, and the local engine is not started for them."""
+    """An OpenAI-compatible endpoint on loopback replaying `_PLAN` and `_JOIN`: the model is not what
+    these tests are about, and the local engine is not started for them."""
     import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    from _fake_openai import fake_openai, schema_name
 
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            is_join = (body.get("response_format") or {}).get("json_schema", {}).get("name") == "join"
-            out = json.dumps({
-                "object": "chat.completion", "model": body.get("model"),
-                "choices": [{"index": 0, "finish_reason": "stop",
-                             "message": {"role": "assistant", "content": json.dumps(_JOIN) if is_join else _PLAN}}],
-                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
+    with fake_openai(lambda body: json.dumps(_JOIN) if schema_name(body) == "join" else _PLAN) as (url, _):
+        yield url
 
 
 def test_agentrt_run_on_an_existing_ray_cluster_answers_as_the_local_executor(
