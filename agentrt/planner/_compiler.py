@@ -142,6 +142,8 @@ class _LLMCall:
             self.meter.__exit__(None, None, None)
             if self.meter.energy is not None:
                 self.span.record_energy(self.meter.energy.joules, self.meter.energy.method)
+        if isinstance(exc, _LimitReached):  # the trace names the public error, not the internal signal
+            exc = UsageLimitExceeded(str(exc))
         if exc is not None and not isinstance(exc, anyio.get_cancelled_exc_class()):
             self.span.record_exception(exc)
         self.span.end()

@@ -41,6 +41,23 @@ async def test_token_limit_stops_before_the_joiner_call() -> None:
     assert model.joins == [ANSWER]
 
 
+async def test_a_limit_stop_is_traced_as_usage_limit_exceeded(tmp_path) -> None:
+    from agentrt.tracing import TraceStore
+    from agentrt.tracing import _semconv as sc
+
+    store = TraceStore(tmp_path / "traces.sqlite")
+    model = ScriptedModel([['1. search(query="a")\n2. join()']], [ANSWER])
+    compiler = LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_total_tokens=100),
+                           tracer=store.tracer())
+    with pytest.raises(UsageLimitExceeded):
+        await compiler.run("q")
+    assert store.flush()
+    errors = {s.attributes.get(sc.ERROR_TYPE) for s in store.spans_since(0) if s.status == "error"}
+    # the chat span that crossed the limit names the public error, not the internal signal; the
+    # search still running when the run stopped is "cancelled"
+    assert "UsageLimitExceeded" in errors and not any(e and e.startswith("_") for e in errors), errors
+
+
 async def test_llm_call_limit_refuses_the_next_call_but_allows_exactly_the_limit() -> None:
     model = ScriptedModel([['1. search(query="a")\n2. join()']], [ANSWER])
     res = await LLMCompiler(model, make_registry([]), usage_limits=UsageLimits(max_llm_calls=2)).run("q")
