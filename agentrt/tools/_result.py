@@ -45,6 +45,8 @@ class ToolResult(BaseModel):
         error: a human-readable message when not ``ok``.
         error_kind: what kind of failure (see ``ErrorKind``).
         usage: resources used.
+        reused: the value is a stored result of an earlier identical call of a read-only,
+            idempotent tool (sleep-time compute, `agentrt.sleeptime`), not a new call.
     """
 
     ok: bool
@@ -52,6 +54,7 @@ class ToolResult(BaseModel):
     error: str | None = None
     error_kind: ErrorKind | None = None
     usage: ToolUsage = Field(default_factory=ToolUsage)
+    reused: bool = False
 
     @classmethod
     def success(cls, value: Any, usage: ToolUsage | None = None) -> ToolResult:
