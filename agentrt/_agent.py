@@ -52,7 +52,9 @@ class RunResult:
         trace_id: the run's id in the trace store (``agentrt trace show ID``), or None when
             tracing is off.
         precomputed: the sleep-time prediction (`agentrt.sleeptime.Match`: predicted question,
-            similarity, threshold) the answer was served from without any LLM call, else None.
+            similarity, threshold) the answer was served from, else None: no planner or joiner
+            call; ``llm_calls`` is 0, or 1 when a short verification call confirmed a match below
+            the threshold (``precomputed.verified``).
     """
 
     answer: str
@@ -75,6 +77,11 @@ class RunResult:
     def tool_calls(self) -> int:
         """Tool calls made (tasks not skipped for a failed dependency)."""
         return sum(1 for r in self.results.values() if r.error_kind != "skipped")
+
+    @property
+    def tool_reuses(self) -> int:
+        """Tool calls answered from a stored sleep-time result (`ToolResult.reused`), not run."""
+        return sum(1 for r in self.results.values() if r.reused)
 
     @classmethod
     def from_compiler(cls, res: CompilerResult, trace_id: str | None = None) -> RunResult:
@@ -269,6 +276,8 @@ class Agent:
             backend = self._backend
             if backend is None:  # not inside `async with agent`: a backend for this run only
                 backend = await self._open_backend(stack)
+            if self.sleeptime is not None and context_id is not None:  # reuse sleep-time tool results
+                backend = self.sleeptime.reusing(backend, context_id)
             compiler = LLMCompiler(
                 model, self.registry, examples=self.examples, max_rounds=self.max_rounds,
                 max_concurrency=self.max_concurrency, on_event=on_event, backend=backend,
@@ -310,11 +319,11 @@ class Agent:
             if self.sleeptime is not None:
                 with tracer.span("sleeptime recall", "memory") as span:
                     t0 = anyio.current_time()
-                    hit = await anyio.to_thread.run_sync(
-                        lambda: self.sleeptime.match(question, context_id=context_id))
+                    hit = await self.sleeptime.amatch(question, context_id=context_id)
                     span.set("agentrt.sleeptime.served", hit is not None)
                     if hit is not None:
                         span.set("agentrt.sleeptime.similarity", hit.similarity)
+                        span.set("agentrt.sleeptime.verified", hit.verified)
                         return await self._served(store, tracer, question, hit, trace_id,
                                                   anyio.current_time() - t0)
                     learned = await anyio.to_thread.run_sync(
@@ -334,6 +343,8 @@ class Agent:
                     exc.partial = RunResult.from_compiler(exc.partial, trace_id)
                 raise
             run_span.set("agentrt.run.partial", res.partial)
+            if self.sleeptime is not None:
+                run_span.set("agentrt.sleeptime.tool_reuses", sum(1 for r in res.results.values() if r.reused))
             if store is not None:
                 await self._remember(store, tracer, question, res)
         return RunResult.from_compiler(res, trace_id)
@@ -347,8 +358,10 @@ class Agent:
                     self.memory_session, question, None, [], hit.answer,
                     meta={"precomputed": {"question": hit.question, "similarity": hit.similarity,
                                           "context_id": hit.context_id}}))
-        return RunResult(answer=hit.answer, partial=False, reason=None, plan=[], results={}, usage=Usage(),
-                         llm_calls=0, wall_seconds=seconds, first_dispatch_seconds=None, critical_path=([], 0.0),
+        usage = hit.usage or Usage()  # the verification call's, if one confirmed the match
+        return RunResult(answer=hit.answer, partial=False, reason=None, plan=[], results={}, usage=usage,
+                         llm_calls=int(hit.usage is not None), wall_seconds=seconds, first_dispatch_seconds=None,
+                         critical_path=([], 0.0),
                          rounds=0, cost_usd=0.0, trace_id=trace_id, precomputed=hit)
 
     async def _open_memory(self) -> Any:
@@ -456,7 +469,7 @@ class Agent:
 
             spec = self._sleeptime_spec
             sched = spec if isinstance(spec, SleepTimeScheduler) else SleepTimeScheduler(
-                store, model, tracer=self._tracer())
+                store, model, tracer=self._tracer(), tools=self.registry, tool_backend=self._backend)
             await sched.__aenter__()
             self.sleeptime = sched
         return self
