@@ -41,14 +41,19 @@ test-time cost per query; without sleep-time it is the mean test-time cost. Also
 information only: the same with test-time tokens weighted 10x (``cost_reduction_test_time_x10``),
 the weighting the notes recall from the paper without having verified it.
 
-**Match threshold**: 2-fold cross-calibration: queries are split in two halves; each half is
-served with the threshold :func:`calibrate_threshold` chose on the other half's (similarity of
-the best predicted question, whether its precomputed answer was correct) pairs at target
-precision 0.9; a threshold is never chosen from the queries it serves.
+**Serving precomputed answers**: 2-fold cross-calibration: queries are split in two halves; each
+half is served without any LLM call when its best predicted question's cosine similarity reaches
+the threshold :func:`calibrate_threshold` chose on the other half's (similarity, whether its
+precomputed answer was correct) pairs at target precision 0.9; a threshold is never chosen from
+the queries it serves. Below that threshold, from ``verify_floor`` (default
+``DEFAULT_VERIFY_FLOOR``; ``--set verify_floor=none``: off), one short verification call
+(``verify_match``: do the two questions ask the same thing? a constrained yes/no) decides; its
+tokens and seconds count as the query's test time whether it accepts or not. Each query's record
+holds its best predicted question, its similarity and whether its answer was correct.
 
 Options (``--set KEY=VALUE``): convs, questions, context_chars, concurrency (default 2),
 gsm_notes_tokens, gsm_predict_tokens, gsm_test_tokens, locomo_notes_tokens, locomo_predict_tokens,
-locomo_learned_chars, locomo_passage_chars.
+locomo_learned_chars, locomo_passage_chars, verify_floor.
 """
 
 from __future__ import annotations
@@ -88,6 +93,48 @@ def _served(answer: str) -> dict[str, Any]:
     r = {"text": answer, "input_tokens": 0, "output_tokens": 0, "cached_tokens": 0, "usd": 0.0, "served": True}
     r["seconds"] = round(time.perf_counter() - t0, 4)
     return r
+
+def _record_match(q: dict, m) -> None:
+    """Put the best predicted question for query ``q`` (a ``Match`` or None) on its record."""
+    q["sim"] = m.similarity if m else 0.0
+    q["match_question"] = m.question if m else ""
+    q["match_answer"] = m.answer if m else ""
+    q["match_work"] = m.work if m else ""
+    q["match_event_id"] = m.event_id if m else None
+
+
+async def serve_or_ask(model, q: dict, ask_fn, verify_floor: float | None) -> dict:
+    """The with-sleep-time answer of query ``q``: its precomputed answer when its best predicted
+    question's similarity reaches the (cross-calibrated) threshold (no LLM call), or reaches
+    ``verify_floor`` and one short verification call confirms it (``verify_match``: its tokens
+    and seconds count as test time); otherwise ``await ask_fn()`` (plus the rejected
+    verification's tokens and seconds, if one was made)."""
+    from agentrt.sleeptime import Match, verify_match
+
+    if q["match_answer"] and q["sim"] >= q["threshold"]:
+        r = _served(q["match_answer"])
+        r["verified"] = False
+        return r
+    v = None
+    if q["match_answer"] and verify_floor is not None and q["sim"] >= verify_floor:
+        t0 = time.perf_counter()
+        m = Match(q["match_question"], q["match_answer"], q["sim"], q["threshold"], "", q["match_event_id"] or 0,
+                  work=q["match_work"])
+        ok, u = await verify_match(model, q["query"], m)
+        v = {"accepted": ok, "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+             "cached_tokens": u.cached_tokens, "seconds": round(time.perf_counter() - t0, 3)}
+        if ok:
+            return {"text": q["match_answer"], "input_tokens": u.input_tokens, "output_tokens": u.output_tokens,
+                    "cached_tokens": u.cached_tokens, "usd": usd(u.input_tokens, u.output_tokens, u.cached_tokens),
+                    "seconds": v["seconds"], "served": True, "verified": True, "verify": v}
+    r = await ask_fn()
+    if v is not None:  # the rejected check was spent on this query too
+        for k in ("input_tokens", "output_tokens", "cached_tokens", "seconds"):
+            r[k] = round(r[k] + v[k], 3) if k == "seconds" else r[k] + v[k]
+        r["usd"] = usd(r["input_tokens"], r["output_tokens"], r["cached_tokens"])
+        r["verify"] = v
+    return r
+
 
 def load_gsm(data_dir: Path, n: int) -> list[dict]:
     out = []
@@ -274,29 +321,32 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
         for p in problems:
             tg.start_soon(sleep_one, p)
 
-    for p in problems:  # match candidates and their correctness (no LLM)
+    qs = []
+    for p in problems:  # match candidates and their correctness (no LLM), on the query's own record
+        q = {"query": p["query"], "gold": p["gold"]}
         m = learned.best(p["query"], context_id=p["id"])
-        p["sim"] = m.similarity if m else 0.0
-        p["match_answer"] = m.answer if m else ""
-        p["match_question"] = m.question if m else ""
-        p["match_correct"] = bool(m) and gsm_correct(m.answer, p["gold"])
-    cals = cross_calibrate(problems)
+        _record_match(q, m)
+        q["match_correct"] = bool(m) and gsm_correct(m.answer, p["gold"])
+        p["queries"] = [q]
+        qs.append(q)
+    cals = cross_calibrate(qs)
 
     async def test_one(i, p):
+        q = p["queries"][0]
         async with lim:
             async def without():
                 r = await ask(model, GSM_BASE_SYSTEM, f"{p['context']} {p['query']}", 512)
                 r["correct"] = gsm_correct(r["text"], p["gold"])
                 return r
 
+            async def compute():
+                notes = learned.learned_context(p["query"], context_id=p["id"])
+                return await ask(model, GSM_SLEEP_SYSTEM,
+                                 f"{p['context']}\n\nNotes:\n{notes}\n\nQuestion: {p['query']}",
+                                 cfg["gsm_test_tokens"])
+
             async def with_():
-                if p["sim"] >= p["threshold"] and p["match_answer"]:
-                    r = _served(p["match_answer"])
-                else:
-                    notes = learned.learned_context(p["query"], context_id=p["id"])
-                    r = await ask(model, GSM_SLEEP_SYSTEM,
-                                  f"{p['context']}\n\nNotes:\n{notes}\n\nQuestion: {p['query']}",
-                                  cfg["gsm_test_tokens"])
+                r = await serve_or_ask(model, q, compute, cfg["verify_floor"])
                 r["correct"] = gsm_correct(r["text"], p["gold"])
                 return r
             if i % 2 == 0:
@@ -305,9 +355,10 @@ async def _gsm(model, store, problems: list[dict], cfg: dict, progress) -> dict:
             else:
                 b = await with_()
                 a = await without()
-            p["queries"] = [{"query": p["query"], "gold": p["gold"], "without": a, "with": b}]
+            q["without"], q["with"] = a, b
             progress(f"gsm {p['id']}: without {a['output_tokens']} out tok ok={a['correct']}, "
-                     f"with {b['output_tokens']} out tok ok={b['correct']} served={b['served']}")
+                     f"with {b['output_tokens']} out tok ok={b['correct']} served={b['served']} "
+                     f"(sim {q['sim']:.2f})")
     async with anyio.create_task_group() as tg:
         for i, p in enumerate(problems):
             tg.start_soon(test_one, i, p)
@@ -341,9 +392,7 @@ async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
     for c in convs:
         for q in c["queries"]:
             m = learned.best(q["query"], context_id=c["id"])
-            q["sim"] = m.similarity if m else 0.0
-            q["match_answer"] = m.answer if m else ""
-            q["match_question"] = m.question if m else ""
+            _record_match(q, m)
             q["match_correct"] = bool(m) and f1(m.answer, q["gold"]) >= 0.5
             q["ctx"] = c
             items.append(q)
@@ -357,14 +406,14 @@ async def _locomo(model, store, convs: list[dict], cfg: dict, progress) -> dict:
                 r["f1"] = round(f1(r["text"], q["gold"]), 3)
                 return r
 
+            async def compute():
+                notes = learned.learned_context(q["query"], context_id=c["id"])
+                # the conversation's date is metadata of the context (the raw text starts with it too)
+                return await ask(model, QA_SLEEP_SYSTEM, f"Conversation on {c['date']}. Notes:\n{notes}\n\n"
+                                                         f"Question: {q['query']}", 32)
+
             async def with_():
-                if q["sim"] >= q["threshold"] and q["match_answer"]:
-                    r = _served(q["match_answer"])
-                else:
-                    notes = learned.learned_context(q["query"], context_id=c["id"])
-                    # the conversation's date is metadata of the context (the raw text starts with it too)
-                    r = await ask(model, QA_SLEEP_SYSTEM, f"Conversation on {c['date']}. Notes:\n{notes}\n\n"
-                                                          f"Question: {q['query']}", 32)
+                r = await serve_or_ask(model, q, compute, cfg["verify_floor"])
                 r["f1"] = round(f1(r["text"], q["gold"]), 3)
                 return r
             if i % 2 == 0:
@@ -404,6 +453,11 @@ def _summary(contexts: list[dict], sleep_acc: dict, cals: list[dict], key: str) 
                      "mean_cached_input_tokens": round(_mean(r["cached_tokens"] for r in rs), 2),
                      "mean_latency_s": round(_mean(secs), 3), "p50_latency_s": secs[len(secs) // 2],
                      "served_from_precomputed": sum(bool(r.get("served")) for r in rs),
+                     "served_without_llm_call": sum(bool(r.get("served")) and not r.get("verified") for r in rs),
+                     "served_after_verification": sum(bool(r.get("verified")) for r in rs),
+                     "served_correct": sum(bool(r.get("served")) and bool(r[key]) for r in rs),
+                     "verification_calls": sum("verify" in r for r in rs),
+                     "verification_rejected": sum("verify" in r and not r["verify"]["accepted"] for r in rs),
                      "mean_usd_per_query": _mean(r["usd"] for r in rs)}
     out["with"]["sleep_time"] = {
         "contexts": len(sleep_acc),
@@ -428,6 +482,7 @@ async def _main(config: dict) -> dict:
     from agentrt.errors import ConfigError
     from agentrt.llm import OpenAIChatModel, running_engine
     from agentrt.memory_store import MemoryStore, make_embedder
+    from agentrt.sleeptime import DEFAULT_VERIFY_FLOOR
 
     progress = config.get("progress") or (lambda _m: None)
     settings = get_settings()
@@ -447,7 +502,9 @@ async def _main(config: dict) -> dict:
            "locomo_notes_tokens": int(config.get("locomo_notes_tokens", 400)),
            "locomo_predict_tokens": int(config.get("locomo_predict_tokens", 320)),
            "locomo_learned_chars": int(config.get("locomo_learned_chars", 700)),
-           "locomo_passage_chars": int(config.get("locomo_passage_chars", 800))}
+           "locomo_passage_chars": int(config.get("locomo_passage_chars", 800)),
+           "verify_floor": (None if str(config.get("verify_floor", "")).lower() in ("none", "off")
+                            else float(config.get("verify_floor") or DEFAULT_VERIFY_FLOOR))}
     convs = int(config.get("convs", 2))
     n_q = int(config.get("questions", 10))
     ctx_chars = int(config.get("context_chars", 4500))
@@ -472,6 +529,9 @@ async def _main(config: dict) -> dict:
     one = 1 / max(len(problems), 1)
     lo5 = locomo["amortised_cost_per_query"]["5"]["cost_reduction"]
     lo10 = locomo["amortised_cost_per_query"]["10"]["cost_reduction"]
+    served = sum(x["with"]["served_from_precomputed"] for x in (gsm, locomo))
+    served_ok = sum(x["with"]["served_correct"] for x in (gsm, locomo))
+    served_free = sum(x["with"]["served_without_llm_call"] for x in (gsm, locomo))
     targets = [
         {"name": "gsm_test_time_output_tokens_reduction_at_equal_accuracy", "value": round(out_ratio, 2),
          "goal": f">= 5 with accuracy no lower than without sleep-time by more than one problem ({one:.3f})",
@@ -494,6 +554,12 @@ async def _main(config: dict) -> dict:
          "value": _ratio(locomo["without"]["p50_latency_s"], locomo["with"]["p50_latency_s"]),
          "goal": "> 1 (faster answers; shared engine, noisy)",
          "met": _ratio(locomo["without"]["p50_latency_s"], locomo["with"]["p50_latency_s"]) > 1},
+        {"name": "queries_served_from_precomputed_answers (gsm + locomo)", "value": served,
+         "goal": "> 0, with served answers correct at >= 0.9 (the calibration's target precision)",
+         "met": served > 0 and served_ok >= 0.9 * served,
+         "served_correct": served_ok, "served_without_llm_call": served_free,
+         "verification_calls": sum(x["with"]["verification_calls"] for x in (gsm, locomo)),
+         "verification_rejected": sum(x["with"]["verification_rejected"] for x in (gsm, locomo))},
         {"name": "locomo_mean_f1_with_vs_without", "value": f"{locomo['with']['mean_f1']} vs {locomo['without']['mean_f1']}",
          "goal": "report (no drop wanted)", "met": locomo["with"]["mean_f1"] >= locomo["without"]["mean_f1"] - 0.05},
     ]

@@ -11,15 +11,19 @@ process a context before the questions come, so a query needs less test-time com
   block ``sleeptime/learned/<context>`` and the store), :class:`Consolidate` (recent episodes ->
   durable facts, superseding outdated ones), :class:`Maintain` (index snapshot, GC). Each has a
   token and time budget (:class:`JobBudget`), writes blocks by compare-and-swap, and records its
-  spans and cost through ``agentrt.tracing``.
+  spans and cost through ``agentrt.tracing``. ``anticipate`` may also call read-only,
+  idempotent tools while idle; a run making the same call reuses the stored result while it is
+  valid (TTL and context version: :class:`ToolResultStore`, :class:`ReusingBackend`).
 * Test time: :meth:`SleepTimeScheduler.learned_context` (text for the planner) and
-  :meth:`SleepTimeScheduler.match` (a precomputed answer only above a calibrated threshold:
-  :func:`calibrate_threshold`); :class:`LearnedMemory` offers both without a scheduler.
+  :meth:`SleepTimeScheduler.amatch` (a precomputed answer above a calibrated threshold:
+  :func:`calibrate_threshold`, or, from ``verify_floor`` up, when one short model call confirms
+  the predicted question asks the same thing: :func:`verify_match`); :class:`LearnedMemory`
+  offers them without a scheduler.
 
 How an Agent uses it (one run)::
 
     async with scheduler.query(context_id):
-        hit = scheduler.match(question, context_id=context_id)
+        hit = await scheduler.amatch(question, context_id=context_id)
         if hit is not None:
             answer = hit.answer                                # no LLM call
         else:
@@ -47,6 +51,7 @@ from agentrt.sleeptime._jobs import (
 )
 from agentrt.sleeptime._learned import (
     DEFAULT_MATCH_THRESHOLD,
+    DEFAULT_VERIFY_FLOOR,
     FACTS_BLOCK,
     Calibration,
     LearnedMemory,
@@ -54,11 +59,20 @@ from agentrt.sleeptime._learned import (
     calibrate_threshold,
     context_session,
     learned_label,
+    verify_match,
+)
+from agentrt.sleeptime._reuse import (
+    DEFAULT_TOOL_TTL_S,
+    ReusingBackend,
+    ToolResultStore,
+    reusable,
 )
 from agentrt.sleeptime._scheduler import SleepTimeScheduler
 
 __all__ = [
     "DEFAULT_MATCH_THRESHOLD",
+    "DEFAULT_TOOL_TTL_S",
+    "DEFAULT_VERIFY_FLOOR",
     "FACTS_BLOCK",
     "RUNS_SECTION",
     "Anticipate",
@@ -73,7 +87,9 @@ __all__ = [
     "LearnedMemory",
     "Maintain",
     "Match",
+    "ReusingBackend",
     "SleepTimeScheduler",
+    "ToolResultStore",
     "add_note",
     "allocate_tokens",
     "calibrate_threshold",
@@ -81,4 +97,6 @@ __all__ = [
     "context_session",
     "learned_label",
     "predictability",
+    "reusable",
+    "verify_match",
 ]

@@ -27,6 +27,8 @@ from agentrt.llm import ChatModel, Completion
 from agentrt.memory_store import Block, Event, Filters, MemoryStore, StoredEvent
 from agentrt.sleeptime import _prompts
 from agentrt.sleeptime._learned import FACTS_BLOCK, context_session, learned_label
+from agentrt.sleeptime._reuse import reusable
+from agentrt.tools import Tool
 from agentrt.tracing import Budget, Span, Tracer
 
 __all__ = [
@@ -240,6 +242,14 @@ class Anticipate:
     answers, as JSON). Then the learned block ``sleeptime/learned/<context_id>`` is published
     (CAS, keeping run notes). Re-attaching changed text forgets the old context's predictions.
 
+    With ``tools`` (only those declaring ``read_only`` and ``idempotent`` are used) a step
+    ``tools`` follows: the calls in ``prefetch`` plus up to ``max_tool_calls`` calls the model
+    proposes for the predicted questions are run on ``backend`` under each tool's limits, and
+    the successful results are stored (kind ``tool_result``, with their arguments, a TTL of
+    ``tool_ttl_s`` seconds and this job's key as the context version) so a run of the same call
+    reuses them while valid (:class:`agentrt.sleeptime.ReusingBackend`); they are also listed in
+    the learned block.
+
     Args:
         context_id: names the context (a document, a data set, a conversation).
         text: the context.
@@ -248,14 +258,27 @@ class Anticipate:
         passage_chars: the text is also stored as passages of about this many characters
             (whole lines; kind ``passage``, embedded by the store) so a query can be given the
             few passages closest to it instead of the whole text (0: none).
+        tools: tools the job may call (non read-only or non idempotent ones are ignored).
+        prefetch: ``(tool name, args)`` calls to run whatever the model proposes.
+        max_tool_calls: at most this many model-proposed calls (0: only ``prefetch``).
+        backend: runs the calls (default: `agentrt.executor.LocalBackend`).
+        tool_ttl_s: validity of stored results, seconds (default: ``results.ttl_s``).
+        results: the :class:`agentrt.sleeptime.ToolResultStore` writing them (default: one on
+            the job's store).
     """
 
     kind = "anticipate"
 
     def __init__(self, context_id: str, text: str, *, questions: int = 5, notes_tokens: int = 512,
-                 predict_tokens: int = 384, passage_chars: int = 400) -> None:
+                 predict_tokens: int = 384, passage_chars: int = 400, tools: Sequence[Tool] = (),
+                 prefetch: Sequence[tuple[str, dict]] = (), max_tool_calls: int = 4, backend: Any = None,
+                 tool_ttl_s: float | None = None, results: Any = None) -> None:
         self.context_id, self.text, self.questions = context_id, text, questions
         self.passage_chars = passage_chars
+        self.tools = {t.name: t for t in tools if reusable(t)}
+        self.prefetch = [(n, dict(a)) for n, a in prefetch]
+        self.max_tool_calls, self.backend, self.tool_ttl_s = max_tool_calls, backend, tool_ttl_s
+        self.results = results
         self.notes_tokens, self.predict_tokens = notes_tokens, predict_tokens
         digest = hashlib.sha256(text.encode()).hexdigest()[:16]
         self.key = f"anticipate:{context_id}:{digest}:{questions}"
@@ -263,7 +286,7 @@ class Anticipate:
 
     def _forget_stale(self, store: MemoryStore) -> int:
         n = 0
-        for kind in ("anticipation", "learned", "passage", "sleeptime_step"):
+        for kind in ("anticipation", "learned", "passage", "tool_result", "sleeptime_step", "context"):
             after = 0
             while True:
                 evs = store.events(session=self.session, kind=kind, after_id=after, limit=1000)
@@ -307,12 +330,73 @@ class Anticipate:
                 qa = _parse_qa(c.content)[: self.questions]
                 await jc.save("predict", [Event(q, session=self.session, role="assistant", kind="anticipation",
                                                 meta={"job": self.key, "work": w, "answer": a}) for q, w, a in qa])
+        fetched: list[StoredEvent] = []
+        if self.tools and (self.prefetch or self.max_tool_calls > 0):
+            if "tools" in done:
+                fetched = jc.step_events(done["tools"])
+            else:
+                fetched = await self._fetch(jc, [q for q, _, _ in qa])
         ours = notes
         if qa:
             ours += "\n\nPredicted questions with precomputed answers:\n" + "\n".join(
                 f"Q: {q}\n" + (f"Work: {w}\n" if w else "") + f"A: {a}" for q, w, a in qa)
+        if fetched:
+            ours += "\n\nTool results fetched while idle:\n" + "\n".join(
+                f"{e.text} -> {_short(e.meta.get('value'))}" for e in fetched if e.meta)
         block = await anyio.to_thread.run_sync(_publish, jc.store, learned_label(self.context_id), ours)
-        return {"notes_chars": len(notes), "predicted": len(qa), "block_version": block.version}
+        return {"notes_chars": len(notes), "predicted": len(qa), "tool_results": len(fetched),
+                "block_version": block.version}
+
+    async def _fetch(self, jc: JobContext, questions: list[str]) -> list[StoredEvent]:
+        """The ``tools`` step: run the prefetch calls and the model's proposed ones, store the results."""
+        from agentrt.executor import LocalBackend, Task
+        from agentrt.sleeptime._reuse import ToolResultStore
+
+        calls = [(n, a) for n, a in self.prefetch if n in self.tools]
+        if self.max_tool_calls > 0:
+            jc.on_progress(f"{self.key}: choosing tool calls")
+            specs = [{"name": t.name, "description": t.description, "parameters": json.dumps(t.parameters)}
+                     for t in self.tools.values()]
+            c = await jc.call(_prompts.tools_messages(self.text, questions, specs, self.max_tool_calls),
+                              max_tokens=48 * self.max_tool_calls + 16, step="tools",
+                              response_format={"type": "json_schema", "json_schema": {
+                                  "name": "tool_calls",
+                                  "schema": _prompts.tools_schema(sorted(self.tools), self.max_tool_calls)}})
+            calls += _parse_calls(c.content, self.tools)[: self.max_tool_calls]
+        seen: set[str] = set()
+        backend = self.backend or LocalBackend()
+        results = self.results or ToolResultStore(jc.store)
+        events: list[Event] = []
+        for i, (name, args) in enumerate(calls, 1):
+            key = json.dumps([name, args], sort_keys=True, default=str)
+            if key in seen:
+                continue
+            seen.add(key)
+            tool = self.tools[name]
+            jc.on_progress(f"{self.key}: calling {name}")
+            res = await backend.submit(Task(id=i, tool=name, args=args), tool, args, tool.limits)
+            ev = results.event(tool, args, res, context_id=self.context_id, job=self.key, ttl_s=self.tool_ttl_s)
+            if ev is not None:
+                events.append(ev)
+        ids = await jc.save("tools", events)
+        return await anyio.to_thread.run_sync(jc.store.get_many, ids) if ids else []
+
+
+def _short(value: Any, limit: int = 300) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _parse_calls(text: str, tools: dict[str, Tool]) -> list[tuple[str, dict]]:
+    """``[(tool, args)]`` from the model's ``{"calls": [...]}``; unknown tools and non-object
+    arguments dropped (arguments are validated when the call runs)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError:
+        return []
+    items = data.get("calls", []) if isinstance(data, dict) else []
+    return [(it["tool"], it["args"]) for it in items if isinstance(it, dict) and it.get("tool") in tools
+            and isinstance(it.get("args"), dict)]
 
 
 def split_passages(text: str, size: int) -> list[str]:

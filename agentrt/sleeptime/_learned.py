@@ -14,14 +14,18 @@ Where things live in the memory store (one SQLite file, the source of truth):
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from agentrt.llm import ChatModel, Usage
 from agentrt.memory_store import Filters, MemoryStore
+from agentrt.sleeptime import _prompts
 
 __all__ = [
     "DEFAULT_MATCH_THRESHOLD",
+    "DEFAULT_VERIFY_FLOOR",
     "FACTS_BLOCK",
     "Calibration",
     "LearnedMemory",
@@ -29,6 +33,7 @@ __all__ = [
     "calibrate_threshold",
     "context_session",
     "learned_label",
+    "verify_match",
 ]
 
 #: Cosine similarity (the store's embedder; all-MiniLM-L6-v2 by default) above which a query is
@@ -40,6 +45,12 @@ __all__ = [
 #: prediction, answer correct?) triples with :func:`calibrate_threshold`; the bench does so
 #: (results/sleeptime.json, ``calibration``).
 DEFAULT_MATCH_THRESHOLD = 0.95
+#: Cosine similarity from which a best predicted question below the threshold is checked by one
+#: short LLM call (:func:`verify_match`) instead of being dropped. Measured with all-MiniLM-L6-v2
+#: on Stateful GSM8K (this repo, 2026-11-30): the query's own predicted question, paraphrased,
+#: scored 0.64-0.72; unrelated predictions of the same problem 0.46-0.53. Questions that differ in
+#: one word score higher still (0.86), which is why cosine alone never serves below the threshold.
+DEFAULT_VERIFY_FLOOR = 0.55
 FACTS_BLOCK = "sleeptime/facts"
 
 
@@ -64,6 +75,10 @@ class Match:
         threshold: the threshold it passed.
         context_id: the context it was predicted for.
         event_id: the anticipation event in the store.
+        work: the worked calculation or evidence stored with the answer ("" if none).
+        verified: True when a verification call (:func:`verify_match`) accepted it (its
+            similarity was below the threshold); False when the similarity alone served it.
+        usage: the verification call's token usage (``agentrt.llm.Usage``), None without a call.
     """
 
     question: str
@@ -72,6 +87,9 @@ class Match:
     threshold: float
     context_id: str
     event_id: int
+    work: str = ""
+    verified: bool = False
+    usage: Usage | None = None
 
 
 @dataclass
@@ -258,7 +276,7 @@ class LearnedMemory:
         meta = hit.event.meta or {}
         sim = float(hit.dense if hit.dense is not None else hit.score)
         return Match(hit.event.text, str(meta.get("answer", "")), sim, self.threshold,
-                     hit.event.session[len(context_session("")):], hit.event.id)
+                     hit.event.session[len(context_session("")):], hit.event.id, work=str(meta.get("work", "")))
 
     def match(self, question: str, *, context_id: str | None = None,
               threshold: float | None = None) -> Match | None:
@@ -270,3 +288,59 @@ class LearnedMemory:
             return None
         m.threshold = tau
         return m
+
+    async def amatch(self, question: str, *, context_id: str | None = None, model: ChatModel | None = None,
+                     threshold: float | None = None, verify_floor: float | None = None) -> Match | None:
+        """Like :meth:`match`, and a best candidate in ``[verify_floor, threshold)`` is served when
+        ``model`` confirms it (:func:`verify_match`, one short call; ``Match.verified``/``usage``).
+
+        Without ``model`` or ``verify_floor`` this is :meth:`match`. The store search runs in a
+        worker thread.
+
+        Raises:
+            ModelError: the verification call failed.
+        """
+        import anyio.to_thread
+
+        m = await anyio.to_thread.run_sync(lambda: self.best(question, context_id=context_id))
+        tau = self.threshold if threshold is None else threshold
+        if m is None or not m.answer:
+            return None
+        m.threshold = tau
+        if m.similarity >= tau:
+            return m
+        if model is None or verify_floor is None or m.similarity < verify_floor:
+            return None
+        ok, usage = await verify_match(model, question, m)
+        m.usage = usage
+        if not ok:
+            return None
+        m.verified = True
+        return m
+
+
+async def verify_match(model: ChatModel, question: str, m: Match, *, max_tokens: int = 4) -> tuple[bool, Usage]:
+    """Ask ``model`` whether ``m``'s precomputed answer answers ``question`` (same thing asked).
+
+    One call, constrained to the JSON string ``"yes"`` or ``"no"`` (``response_format`` JSON
+    schema; an endpoint that ignores it is read leniently: a reply starting with "yes"), at
+    temperature 0, at most ``max_tokens`` output tokens; the prompt holds the two questions and
+    the prepared work and answer, never the context (so it stays ~100-200 tokens).
+
+    Returns:
+        (accepted, the call's usage).
+
+    Raises:
+        ModelError: the call failed.
+    """
+    c = await model.complete(_prompts.verify_messages(question, m.question, m.work, m.answer),
+                             max_tokens=max_tokens, temperature=0.0,
+                             response_format={"type": "json_schema", "json_schema": {
+                                 "name": "same_question", "schema": _prompts.VERIFY_SCHEMA}})
+    text = (c.content or "").strip()
+    try:
+        val = json.loads(text)
+    except json.JSONDecodeError:
+        val = text
+    ok = isinstance(val, str) and val.strip().strip('"').lower().startswith("yes")
+    return ok, c.usage or Usage()

@@ -31,6 +31,18 @@ CONSOLIDATE_SYSTEM = (
     "self-contained sentence per line, with names and absolute dates, no pronouns. Skip small "
     "talk. Write at most {n} lines and nothing else.")
 
+#: Test time: is a precomputed answer to a predicted question an answer to the question asked?
+#: Cosine similarity alone cannot say (all-MiniLM-L6-v2, measured here: a paraphrase of the same
+#: question scores 0.64-0.72, "How many eggs does she sell?" vs "... eat?" 0.86), so a candidate
+#: below the serving threshold is checked by one short constrained call (a one-word answer).
+VERIFY_SYSTEM = (
+    "You decide whether a prepared answer can be reused. A question was prepared in advance about a "
+    "text, with its answer. Reply 'yes' only if the new question asks for exactly the same thing as "
+    "the prepared question (same person or thing, same quantity, same time), so that the prepared "
+    "answer answers it; otherwise reply 'no'.")
+
+VERIFY_SCHEMA = {"type": "string", "enum": ["yes", "no"]}
+
 QA_SCHEMA = {
     "type": "object",
     "properties": {
@@ -48,6 +60,27 @@ QA_SCHEMA = {
 }
 
 
+TOOLS_SYSTEM = (
+    "You prepare for questions that will be asked later about a text. Some read-only tools can be "
+    "called now, while nobody waits, so their results are ready when the questions come. From the "
+    "text and the likely questions, list the tool calls whose results those questions will need "
+    "(at most {n}; none if no tool helps). Reply with JSON.")
+
+
+def tools_messages(text: str, questions: list[str], tools: list[dict], n: int) -> list[dict]:
+    listing = "\n".join(f"- {t['name']}: {t['description']} Arguments (JSON Schema): "
+                        f"{t['parameters']}" for t in tools)
+    qs = "\n".join(f"- {q}" for q in questions) or "(none predicted)"
+    return [{"role": "system", "content": TOOLS_SYSTEM.format(n=n)},
+            {"role": "user", "content": f"Text:\n{text}\n\nLikely questions:\n{qs}\n\nTools:\n{listing}"}]
+
+
+def tools_schema(names: list[str], n: int) -> dict:
+    return {"type": "object", "properties": {"calls": {"type": "array", "maxItems": n, "items": {
+        "type": "object", "properties": {"tool": {"type": "string", "enum": names}, "args": {"type": "object"}},
+        "required": ["tool", "args"]}}}, "required": ["calls"]}
+
+
 def anticipate_messages(text: str) -> list[dict]:
     return [{"role": "system", "content": ANTICIPATE_SYSTEM},
             {"role": "user", "content": f"Text:\n{text}"}]
@@ -56,6 +89,13 @@ def anticipate_messages(text: str) -> list[dict]:
 def predict_messages(text: str, notes: str, n: int) -> list[dict]:
     return [*anticipate_messages(text), {"role": "assistant", "content": notes},
             {"role": "user", "content": PREDICT_INSTRUCTION.format(n=n)}]
+
+
+def verify_messages(question: str, predicted: str, work: str, answer: str) -> list[dict]:
+    prepared = f"Prepared question: {predicted}\n" + (f"How it was worked out: {work}\n" if work else "") + \
+        f"Prepared answer: {answer}"
+    return [{"role": "system", "content": VERIFY_SYSTEM},
+            {"role": "user", "content": f"{prepared}\n\nNew question: {question}\n\nSame question? yes or no."}]
 
 
 def consolidate_messages(records: str, known: str, n: int) -> list[dict]:

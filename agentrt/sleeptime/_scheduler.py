@@ -24,13 +24,14 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Self
 
 import anyio
 
+from agentrt.executor import ExecutorBackend
 from agentrt.llm import ChatModel
 from agentrt.memory_store import MemoryStore
 from agentrt.sleeptime._budget import (
@@ -49,7 +50,19 @@ from agentrt.sleeptime._jobs import (
     Maintain,
     job_span,
 )
-from agentrt.sleeptime._learned import DEFAULT_MATCH_THRESHOLD, LearnedMemory, Match
+from agentrt.sleeptime._learned import (
+    DEFAULT_MATCH_THRESHOLD,
+    DEFAULT_VERIFY_FLOOR,
+    LearnedMemory,
+    Match,
+)
+from agentrt.sleeptime._reuse import (
+    DEFAULT_TOOL_TTL_S,
+    ReusingBackend,
+    ToolResultStore,
+    reusable,
+)
+from agentrt.tools import Tool
 from agentrt.tracing import Budget, Tracer, get_tracer
 
 __all__ = ["SleepTimeScheduler"]
@@ -85,18 +98,26 @@ class SleepTimeScheduler:
             means unlimited (each job still has ``job_budget``). Anticipate jobs get shares of
             what is left by :func:`allocate_tokens` (expected queries x predictability).
         threshold: cosine threshold of :meth:`match` (calibrate it: :func:`calibrate_threshold`).
+        verify_floor: :meth:`amatch` checks a best candidate with similarity in
+            ``[verify_floor, threshold)`` by one short call of ``model`` (:func:`verify_match`)
+            and serves it if confirmed; None: never (similarity alone decides).
         maintain_every_forgets: facts superseded (forgotten) by consolidation after which a
             ``maintain`` job is queued; one is also queued whenever the store's exact buffer is
             due to be folded into the ANN index (``store.index.needs_compaction()``).
         tracer: where job spans go (default: ``agentrt.tracing.get_tracer()``).
         on_progress: called with short progress lines (e.g. the CLI's console).
+        tools: tools ``anticipate`` may call while idle (only read-only AND idempotent ones);
+            their results are reused by runs while valid (:meth:`reusing`).
+        tool_backend: runs those calls (default: ``agentrt.executor.LocalBackend``).
+        tool_ttl_s: seconds a stored tool result stays valid.
+        max_tool_calls: tool calls the model may propose per context (0: only ``prefetch``).
 
     Use::
 
         async with SleepTimeScheduler(store, model) as sleep:
             sleep.attach("report", text, expected_queries=5)
             async with sleep.query("report"):          # pre-empts sleep-time work at once
-                hit = sleep.match(question, context_id="report")
+                hit = await sleep.amatch(question, context_id="report")
                 context = sleep.learned_context(question, context_id="report")
                 ...                                     # answer: hit.answer, or plan with context
     """
@@ -104,8 +125,11 @@ class SleepTimeScheduler:
     def __init__(self, store: MemoryStore, model: ChatModel, *, idle_after_s: float = 30.0, min_idle_s: float = 1.0,
                  every_n_runs: int = 5, consolidate_on_idle: bool = True, job_budget: JobBudget | None = None,
                  total_tokens: int | None = None, threshold: float = DEFAULT_MATCH_THRESHOLD,
+                 verify_floor: float | None = DEFAULT_VERIFY_FLOOR,
                  maintain_every_forgets: int = 1000, tracer: Tracer | None = None,
-                 on_progress: Callable[[str], None] | None = None) -> None:
+                 on_progress: Callable[[str], None] | None = None, tools: Iterable[Tool] = (),
+                 tool_backend: ExecutorBackend | None = None, tool_ttl_s: float = DEFAULT_TOOL_TTL_S,
+                 max_tool_calls: int = 4) -> None:
         self.store, self.model = store, model
         self.idle_after_s, self.min_idle_s = idle_after_s, min_idle_s
         self.every_n_runs, self.consolidate_on_idle = every_n_runs, consolidate_on_idle
@@ -115,6 +139,10 @@ class SleepTimeScheduler:
         self.tracer = tracer
         self.on_progress = on_progress
         self.learned = LearnedMemory(store, threshold=threshold)
+        self.verify_floor = verify_floor
+        self.tools = [t for t in tools if reusable(t)]
+        self.tool_backend, self.max_tool_calls = tool_backend, max_tool_calls
+        self.tool_results = ToolResultStore(store, ttl_s=tool_ttl_s)
         self.contexts: dict[str, ContextStats] = {}
         self.spent_tokens = 0
         self._context_spent: dict[str, int] = {}
@@ -152,7 +180,7 @@ class SleepTimeScheduler:
     def attach(self, context_id: str, text: str, *, expected_queries: float = 1.0,
                predictability: float | None = None, questions: int | None = None,
                notes_tokens: int = 512, predict_tokens: int = 384, passage_chars: int = 400,
-               budget: JobBudget | None = None) -> str:
+               budget: JobBudget | None = None, prefetch: Sequence[tuple[str, dict]] = ()) -> str:
         """Attach a context (document, data set, conversation): ``anticipate`` it when idle.
 
         Args:
@@ -166,6 +194,8 @@ class SleepTimeScheduler:
             passage_chars: the text is also stored as passages of about this many characters,
                 so a query gets the passages closest to it (0: none).
             budget: this job's budget (default: the scheduler's, possibly lowered by allocation).
+            prefetch: ``(tool name, args)`` calls of the scheduler's ``tools`` to run and store
+                in any case (besides those the model proposes).
 
         Returns the job key (``status()`` reports on it).
         """
@@ -174,7 +204,9 @@ class SleepTimeScheduler:
         stats.predictability = predictability
         n = questions if questions is not None else int(min(8, max(3, round(2 * expected_queries))))
         job = Anticipate(context_id, text, questions=n, notes_tokens=notes_tokens, predict_tokens=predict_tokens,
-                         passage_chars=passage_chars)
+                         passage_chars=passage_chars, tools=self.tools, prefetch=prefetch,
+                         max_tool_calls=self.max_tool_calls, backend=self.tool_backend,
+                         results=self.tool_results)
         self._enqueue(job, budget)
         return job.key
 
@@ -251,6 +283,26 @@ class SleepTimeScheduler:
         if m is not None:
             self.contexts.setdefault(m.context_id, ContextStats()).hits += 1
         return m
+
+    async def amatch(self, question: str, *, context_id: str | None = None) -> Match | None:
+        """:meth:`match`, plus verification of a candidate in ``[verify_floor, threshold)`` by one
+        short call of the scheduler's model (``Match.verified``, ``Match.usage``); call it inside
+        :meth:`query` (sleep-time work is pre-empted, so the call does not queue behind a job).
+
+        Raises:
+            ModelError: the verification call failed.
+        """
+        m = await self.learned.amatch(question, context_id=context_id, model=self.model,
+                                      verify_floor=self.verify_floor)
+        if m is not None:
+            self.contexts.setdefault(m.context_id, ContextStats()).hits += 1
+        return m
+
+    def reusing(self, backend: ExecutorBackend, context_id: str) -> ReusingBackend:
+        """``backend`` for one run about ``context_id``: a call of a read-only idempotent tool with
+        the same arguments as a valid sleep-time call returns its stored result
+        (``ToolResult.reused``; the returned backend's ``reused`` lists the task ids)."""
+        return ReusingBackend(backend, self.tool_results, [context_id])
 
     # ---- state -----------------------------------------------------------------------------------
     @property

@@ -19,6 +19,8 @@ def step_of(messages) -> str:
         return "predict" if len(messages) > 2 else "notes"
     if system.startswith(_prompts.CONSOLIDATE_SYSTEM.split("{")[0]):
         return "consolidate"
+    if system == _prompts.VERIFY_SYSTEM:
+        return "verify"
     return "other"
 
 
@@ -28,13 +30,14 @@ class FakeModel:
     def __init__(self, *, notes: str = "Total apples: 12.\nKEY FACTS:\n- apples per day: 3",
                  qa: list[tuple[str, str]] | None = None, facts: list[str] | None = None,
                  delay: dict[str, float] | None = None, hooks: dict[str, Callable[[], None]] | None = None,
-                 output_tokens: int | None = None) -> None:
+                 output_tokens: int | None = None, verdicts: list[str] | None = None) -> None:
         self.notes = notes
         self.qa = qa if qa is not None else [("How many apples are there in total?", "12")]
         self.facts = list(facts or [])
         self.delay = dict(delay or {})
         self.hooks = dict(hooks or {})
         self.output_tokens = output_tokens
+        self.verdicts = list(verdicts or [])  # replies to verification calls, in order ("yes"/"no")
         self.calls: list[dict] = []
         self.cancelled: list[str] = []
         self.started = {k: anyio.Event() for k in ("notes", "predict", "consolidate")}
@@ -57,6 +60,8 @@ class FakeModel:
         elif step == "predict":
             text = json.dumps({"items": [{"question": q, "work": f"from the text: {a}", "answer": a}
                                         for q, a in self.qa]})
+        elif step == "verify":
+            text = json.dumps(self.verdicts.pop(0))
         elif step == "consolidate":
             text = "\n".join(f"- {f}" for f in self.facts)
         else:

@@ -33,7 +33,7 @@ class Both:
 
     async def complete(self, messages, **kw):
         first = messages[0]
-        if isinstance(first, dict) and first["content"] == _prompts.ANTICIPATE_SYSTEM:
+        if isinstance(first, dict) and first["content"] in (_prompts.ANTICIPATE_SYSTEM, _prompts.VERIFY_SYSTEM):
             return await self.sleep.complete(messages, **{k: v for k, v in kw.items() if k != "stream"})
         return await self.run.complete(messages, **kw)
 
@@ -78,7 +78,7 @@ async def test_a_predicted_question_is_served_and_another_gets_the_learned_conte
 
 async def test_below_the_threshold_nothing_is_served(store):
     sleep = FakeModel(qa=[("How many apples are there in total each day?", "12")])
-    agent, sched, run = make(store, sleep, [PLAN], [ANSWER], threshold=0.999)
+    agent, sched, run = make(store, sleep, [PLAN], [ANSWER], threshold=0.999, verify_floor=None)
     async with agent:
         agent.attach_context("farm", CONTEXT)
         with anyio.fail_after(10):
