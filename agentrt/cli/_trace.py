@@ -119,10 +119,11 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
         cols = ["run", "started", "question", "status", "wall", "LLM", "tools", "tokens in/cached/out", "cost",
                 "energy", "par.eff"]
     else:
-        cols = ["run", "start", "question", "wall", "LLM/tools", "in/cached/out", "cost"]
+        cols = ["run", "start", "question", "wall", "calls", "tokens", "cost"]
     for col in cols:
         t.add_column(col, justify="left" if col in ("run", "started", "start", "question", "status") else "right",
-                     no_wrap=col != "question", ratio=1 if col == "question" else None)
+                     no_wrap=True, overflow="ellipsis",
+                     max_width=(60 if wide else max(10, console.width - 63)) if col == "question" else None)
     colour = {"ok": "green", "error": "red"}
     today = _dt.date.today().strftime("%Y-%m-%d")
     for r in runs:
@@ -141,8 +142,8 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
     if wide:
         console.print("[dim]≈ estimated energy; par.eff = tool-call seconds / wall seconds[/]")
     else:
-        console.print("[dim]run id: [green]ok[/] [red]error[/] [yellow]running[/]; energy and parallel "
-                      "efficiency: a terminal of 120+ columns, or --json[/]")
+        console.print("[dim]run id: [green]ok[/] [red]error[/] [yellow]running[/]; calls: LLM/tool; tokens: "
+                      "in/cached/out; energy and parallel efficiency: 120+ columns, or --json[/]")
 
 
 def _span_label(s: SpanRecord, crit: set[str]) -> Text:

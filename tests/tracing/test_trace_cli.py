@@ -119,7 +119,7 @@ def test_a_question_with_brackets_is_printed_as_text_not_markup(store: TraceStor
 
 
 def test_ls_at_80_columns_keeps_ids_questions_and_tokens_readable(store: TraceStore) -> None:
-    run_id = anyio.run(make_run, store.tracer(), "How long is the Danube?")
+    run_id = anyio.run(make_run, store.tracer(), "Danube length?")
     assert store.flush()
     r = CliRunner().invoke(app, ["trace", "ls", "--store", str(store.path)], env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
