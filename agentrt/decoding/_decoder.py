@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -56,13 +57,12 @@ from typing import Any, Literal, Self
 import anyio
 
 from agentrt.decoding._grammar import (
-    VALUE_END,
-    _tail_rules,
+    choice_grammar,
     lark_string,
-    optional_tail_grammar,
     outline_grammar,
+    quoted_choice_grammar,
+    unique_prefixes,
     value_grammar,
-    value_tail_grammar,
 )
 from agentrt.decoding._llamacpp import LlamaCppEndpoint, RawCompletion
 from agentrt.decoding._standard import decode_standard, wire_tools
@@ -122,6 +122,7 @@ class BranchRecord:
         started, ended: ``time.perf_counter()`` seconds.
         prompt_n: prompt tokens evaluated; cache_n: prompt tokens reused from the slot's cache.
         tokens: tokens decoded; slot: server slot.
+        text: what it decoded (its content and the stop string that ended it, if any).
     """
 
     label: str
@@ -131,6 +132,7 @@ class BranchRecord:
     cache_n: int
     tokens: int
     slot: int
+    text: str = ""
 
 
 @dataclass
@@ -150,7 +152,7 @@ class DecodeStats:
         self.prompt_tokens_evaluated += r.prompt_n
         self.prompt_tokens_cached += r.cache_n
         self.branches.append(BranchRecord(label, r.started, r.ended, r.prompt_n, r.cache_n,
-                                          r.tokens_predicted, r.id_slot))
+                                          r.tokens_predicted, r.id_slot, r.content + r.stopping_word))
 
 
 @dataclass
@@ -227,37 +229,15 @@ def _spec(tool: Tool | dict[str, Any]) -> _Spec:
     return _Spec(fn["name"], fn.get("description", ""), fn.get("parameters") or {"type": "object"}, None)
 
 
-_SCALARS = {"string", "number", "integer", "boolean", "null"}
+def _last_word(text: str) -> str:
+    """The last run of non-space characters of ``text`` with the one space before it, if any
+    (``" }"`` of ``"\n    }"``, ``"</tool_call>"`` of ``"}\n</tool_call>"``)."""
+    m = re.search(r" ?\S+$", text)
+    return m.group(0) if m else ""
 
 
-def _is_scalar(schema: dict[str, Any]) -> bool:
-    """Whether every value valid against ``schema`` is a JSON scalar (its text has no raw newline)."""
-    if any(k in schema for k in ("properties", "items", "prefixItems", "anyOf", "oneOf", "allOf", "$ref")):
-        return False
-    if "enum" in schema or "const" in schema:
-        values = schema.get("enum", [schema.get("const")])
-        return all(not isinstance(v, (dict, list)) for v in values)
-    kind = schema.get("type")
-    kinds = kind if isinstance(kind, list) else [kind]
-    return bool(kinds) and all(k in _SCALARS for k in kinds)
-
-
-def _inner(syntax: CallSyntax, args: dict[str, Any]) -> str:
-    """The pairs of ``args`` as ``syntax`` writes them, without the braces."""
-    return json.dumps(args, ensure_ascii=False, separators=(syntax.item_sep, syntax.key_sep))[1:-1]
-
-
-def _close_object(text: str) -> Any:
-    """The JSON object ``text`` starts with; a pretty-printed one whose branch stopped at the
-    newline after its last value is closed first. Raises ValueError when there is none."""
-    text = text.rstrip()
-    if not text.endswith("}"):
-        text += "}"
-    value, _ = json.JSONDecoder().raw_decode(text)
-    return value
-
-
-def _parse_value(content: str, label: str) -> Any:
+def _parse_value_text(content: str, label: str) -> tuple[Any, str]:
+    """(the JSON value ``content`` starts with, its text); what follows may only be delimiters."""
     text = content.lstrip()
     try:
         value, end = json.JSONDecoder().raw_decode(text)
@@ -265,7 +245,7 @@ def _parse_value(content: str, label: str) -> Any:
         raise DecodingError(f"branch {label} produced no JSON value: {content[:200]!r}") from exc
     if text[end:].strip(" \t\n,}"):
         raise DecodingError(f"branch {label} wrote past its value: {content[:200]!r}")
-    return value
+    return value, text[:end]
 
 
 class ParallelCallDecoder:
@@ -583,193 +563,256 @@ class ParallelCallDecoder:
         return found, r.id_slot
 
     async def _decode_incremental(self, prompt: str, syntax: CallSyntax, stats: DecodeStats) -> list[ToolCall]:
-        """Calls one after another: per call one request decides whether it exists (after the
-        first), its name and first required argument; then its other arguments decode at once."""
-        parts = self._outline_parts(syntax)
-        names = sorted(self.specs, key=len, reverse=True)
-        key_sep = syntax.key_sep.rstrip()
-        lead = syntax.key_sep[len(key_sep):]
-        rules = []
-        extra_rules: list[str] = []
-        whole: set[str] = set()  # tools whose whole call this step decodes (at most one required)
-        for t, name in enumerate(names):
-            key = parts[name][0]
-            required, optional = self.specs[name].split()
-            tail_items = [(k, self.specs[name].value_schema(k)) for k in optional]
-            if key is None:
-                whole.add(name)
-                if not optional:
-                    rules.append((name, lark_string(syntax.after_name + "{}")))
-                    continue
-                expr, lines = _tail_rules(tail_items, after_pair=False, key_sep=syntax.key_sep,
-                                          item_sep=syntax.item_sep, prefix=f"o{t}")
-                rules.append((name, f"{lark_string(syntax.after_name + syntax.args_open)} ({expr})"))
-                extra_rules += lines
-                continue
-            opening = lark_string(syntax.after_name + syntax.args_open + json.dumps(key, ensure_ascii=False)
-                                  + key_sep + lead)
-            schema = json.dumps(self.specs[name].value_schema(key))
-            if len(required) == 1:
-                whole.add(name)
-                expr, lines = _tail_rules(tail_items, after_pair=True, key_sep=syntax.key_sep,
-                                          item_sep=syntax.item_sep, prefix=f"o{t}")
-                rules.append((name, f"{opening} %json {schema} ({expr})"))
-                extra_rules += lines
-            else:
-                rules.append((name, f"{opening} %json {schema} {VALUE_END}"))
-        sep = syntax.call_sep + syntax.before_name
-        # the end of the turn needs only its first character to be decided (the rest is ours)
-        end = lark_string(syntax.closing.lstrip(" ")[:1]) if syntax.closing else (
-            f"{lark_string(syntax.call_sep)}?" if syntax.call_sep else '""')
+        """Calls one after another, each after the earlier calls in full (as the model wrote them).
+
+        Per call: (after the first) one token decides whether another call follows, the choice
+        written the way the framing writes it (``,`` opening another call or the end of the calls
+        object, each admitted as the whole text the model writes); then the tool name (no request
+        with one tool; else the name's first tokens, the request stopped as soon as they tell the
+        tools apart); then every required argument at once (`_decode_args`), then the optional
+        ones. The skeleton (keys, braces, indentation) is written, never decoded. A call identical
+        to an earlier one ends the turn (greedy decoding looping on the last call, not a new one).
+        """
         calls: list[ToolCall] = []
         head = prompt
         slot: int | None = None
-        decoder = json.JSONDecoder()
+        sep = syntax.call_sep + syntax.before_name
+        end = syntax.closing if syntax.closing is not None else ""
         for index in range(self.max_calls):
-            alts = " | ".join(f"c{i}" for i in range(len(rules)))
-            body = "\n".join([f"c{i}: {lark_string(n)} {r}" for i, (n, r) in enumerate(rules)] + extra_rules)
-            if index == 0:
-                grammar = f"%llguidance {{}}\nstart: c\nc: {alts}\n{body}\n"
-                request_prompt = head + syntax.before_name
-            else:
-                grammar = (f"%llguidance {{}}\nstart: {end} | {lark_string(sep)} c\nc: {alts}\n{body}\n")
-                request_prompt = head
-            r = await self._request(f"call#{index}", stats, request_prompt, n_predict=self.max_value_tokens + 48,
-                                    grammar=grammar, id_slot=slot)
-            if slot is None and self.slots != "auto":
-                slot = r.id_slot
-            text = r.content
             if index > 0:
-                if not text.startswith(sep):
-                    break  # the turn ends here
-                text = text[len(sep):]
-            if r.stop_type == "limit":
-                raise DecodingError(f"call #{index} step was cut at {self.max_value_tokens + 48} tokens: "
-                                    f"{r.content[:200]!r}")
-            name = next((n for n in names if text.startswith(n + syntax.after_name)), None)
-            if name is None:
-                raise DecodingError(f"call #{index} step produced no known tool name: {r.content[:200]!r}")
-            key = parts[name][0]
-            first: dict[str, Any] = {}
-            if name in whole:
-                try:
-                    first = _close_object(text[len(name) + len(syntax.after_name):])
-                    if not isinstance(first, dict):
-                        raise ValueError("not an object")  # noqa: TRY004 - caught below
-                except ValueError as exc:
-                    raise DecodingError(f"call #{index} step wrote no arguments object for {name}: "
-                                        f"{r.content[:200]!r}") from exc
-            elif key is not None:
-                start = (len(name) + len(syntax.after_name) + len(syntax.args_open)
-                         + len(json.dumps(key, ensure_ascii=False)) + len(key_sep))
-                try:
-                    first[key], _ = decoder.raw_decode(text, start + len(text[start:]) - len(text[start:].lstrip()))
-                except ValueError as exc:
-                    raise DecodingError(f"call #{index} step wrote no JSON value for {key!r} of {name}: "
-                                        f"{r.content[:200]!r}") from exc
-            required = self.specs[name].split()[0]
-            if calls and name not in whole and set(required) <= set(first) and any(
-                    c.name == name and all(json.loads(c.arguments).get(k) == v for k, v in first.items())
-                    for c in calls):
-                # every required argument repeats an earlier call's: greedy decoding looping on the
-                # last call, not a new one (its optional arguments are not worth a request)
-                log.debug("call %d repeats an earlier call's required arguments (%s); the turn ends here", index, name)
-                break
-            opened = head + (syntax.before_name if index == 0 else sep) + name + syntax.after_name
-            args = await self._decode_args(self.specs[name], opened, first, slot, stats, f"#{index}", syntax,
-                                           optional_done=name in whole)
+                # the choice starts at the call's last word (" }" of "\n    }"): the model writes it
+                # merged with what follows (" }\n" or " },\n"), and a prompt ending in " }" would
+                # leave it only tokens it never writes there (seen: then it chose another call)
+                tail = _last_word(syntax.call_close)
+                more, r = await self._choose(f"more#{index}", stats, head[:len(head) - len(tail)],
+                                             [tail + end, tail + sep], slot)
+                if slot is None and self.slots != "auto":
+                    slot = r.id_slot
+                if more == 0:
+                    break
+            opened = head + (syntax.before_name if index == 0 else sep)
+            name, r = await self._choose_name(f"name#{index}", stats, opened, slot)
+            if r is not None and slot is None and self.slots != "auto":
+                slot = r.id_slot
+            opened += name + syntax.after_name
+            args, texts, slot = await self._decode_args_texts(self.specs[name], opened, {}, slot, stats,
+                                                              f"#{index}", syntax)
             arguments = json.dumps(args, ensure_ascii=False)
-            if any(c.name == name and c.arguments == arguments for c in calls):
-                # greedy decoding that repeats a call it already made is looping, not asking twice
+            if self.dedupe and any(c.name == name and c.arguments == arguments for c in calls):
                 log.debug("call %d repeats an earlier call (%s); the turn ends here", index, name)
                 break
             calls.append(ToolCall(id=f"call_{index}", name=name, arguments=arguments))
-            head = opened + syntax.args_text(args) + syntax.call_close
+            head = opened + syntax.args_text(args, texts) + syntax.call_close
         return calls
+
+    async def _choose(self, label: str, stats: DecodeStats, prompt: str, options: list[str],
+                      slot: int | None) -> tuple[int, RawCompletion]:
+        """Which of the texts ``options`` the model writes after ``prompt`` (``""``: it ends its
+        generation there): one request decoding one token (`choice_grammar`); when that token is a
+        prefix of several options, one more token, and so on. Returns (index, last request)."""
+        text = ""
+        while True:
+            live = [i for i, o in enumerate(options) if o.startswith(text)]
+            grammar = choice_grammar([options[i][len(text):] for i in live])
+            r = await self._request(label, stats, prompt + text, n_predict=1, grammar=grammar,
+                                    id_slot=slot if self.slots == "pinned" else None)
+            if r.content == "":
+                if "" in (options[i][len(text):] for i in live):
+                    return next(i for i in live if options[i] == text), r
+                raise DecodingError(f"step {label} wrote nothing (stop {r.stop_type}) where one of "
+                                    f"{[options[i][len(text):] for i in live]!r} must follow")
+            text += r.content
+            live = [i for i in live if options[i].startswith(text) or text.startswith(options[i]) and options[i]]
+            if len(live) == 1:
+                return live[0], r
+            if not live:
+                raise DecodingError(f"step {label} wrote {text!r}, none of {options!r}")
+            if len(text) > max(map(len, options)):
+                raise DecodingError(f"step {label} cannot tell {options!r} apart from {text!r}")
+
+    async def _choose_name(self, label: str, stats: DecodeStats, opened: str, slot: int | None
+                           ) -> tuple[str, RawCompletion | None]:
+        """The tool name after ``opened`` (which ends where the name starts): written when there is
+        one tool, else decoded under `quoted_choice_grammar` and stopped as soon as its first
+        tokens tell the tools apart (names are quoted: the stop strings start at the quote, so
+        they cannot match inside another name)."""
+        names = sorted(self.specs, key=len, reverse=True)
+        if len(names) == 1:
+            return names[0], None
+        prompt, lead = opened, ""
+        if opened.endswith('"'):
+            cut = len(opened[:-1].rstrip(" "))
+            prompt, lead = opened[:cut], opened[cut:]
+        words = [n + '"' for n in names]
+        stops = [lead + p for p in unique_prefixes(words).values()] if lead else None
+        grammar = quoted_choice_grammar(lead, names, '"')
+        r = await self._request(label, stats, prompt, n_predict=max(map(len, words)) + len(lead) + 2,
+                                grammar=grammar, id_slot=slot if self.slots == "pinned" else None, stop=stops)
+        text = (r.content + r.stopping_word)[len(lead):]
+        found = [n for n in names if (n + '"').startswith(text) or text.startswith(n + '"')]
+        if len(found) != 1:
+            raise DecodingError(f"step {label} produced no known tool name: {r.content[:200]!r}")
+        return found[0], r
 
     async def _decode_args(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
                            stats: DecodeStats, tag: str, syntax: CallSyntax | None = None,
                            optional_done: bool = False) -> dict[str, Any]:
+        return (await self._decode_args_texts(spec, call_prefix, partial, slot, stats, tag, syntax,
+                                              optional_done))[0]
+
+    async def _decode_args_texts(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
+                                 stats: DecodeStats, tag: str, syntax: CallSyntax | None = None,
+                                 optional_done: bool = False, number_lead_in_prompt: bool = True
+                                 ) -> tuple[dict[str, Any], dict[str, str], int | None]:
+        """Arguments of one call after ``call_prefix`` (which ends with ``after_name``): every
+        required argument not in ``partial`` in its own branch, all at once, each continuing
+        ``call_prefix + args_open + partial pairs + '"key":'``; then the optional ones
+        (`_decode_optional`). Returns (validated arguments, the text of each decoded value as
+        the model wrote it, the slot the requests used)."""
         syntax = syntax or self._syntax
         assert syntax is not None
         required, optional = spec.split()
         unknown = set(partial) - set(required) - set(optional)
         if unknown:
             raise DecodingError(f"partial arguments {sorted(unknown)} are not parameters of {spec.name}")
-        open_ = call_prefix + syntax.args_open + (_inner(syntax, partial) + syntax.item_sep if partial else "")
+        open_ = call_prefix + syntax.args_open + (syntax.pairs_text(partial) + syntax.item_sep if partial else "")
         key_sep = syntax.key_sep.rstrip()
         lead = syntax.key_sep[len(key_sep):]
         todo = [k for k in required if k not in partial]
         rest = [] if optional_done else [k for k in optional if k not in partial]
-        # the last required branch also decides the optional arguments (one request fewer)
-        tail_key = todo[-1] if todo and rest else None
         values: dict[str, Any] = {}
-        extra: dict[str, Any] = {}
+        texts: dict[str, str] = {}
         errors: dict[str, BaseException] = {}
+        slots: list[int] = []
         branch_slot = slot if self.slots == "pinned" else None
 
         async def branch(key: str) -> None:
-            label = f"arg:{key}{tag}"
-            key_text = json.dumps(key, ensure_ascii=False) + key_sep
-            if key == tail_key:
-                grammar = value_tail_grammar(spec.value_schema(key), [(k, spec.value_schema(k)) for k in rest],
-                                             lead=lead, key_sep=syntax.key_sep, item_sep=syntax.item_sep)
-            else:
-                grammar = value_grammar(spec.value_schema(key), lead)
-            # a scalar value's text has no raw newline: stop there instead of decoding the indentation
-            stop = ["\n"] if key != tail_key and _is_scalar(spec.value_schema(key)) else None
             try:
-                r = await self._request(label, stats, open_ + key_text, n_predict=self.max_value_tokens,
-                                        grammar=grammar, id_slot=branch_slot, stop=stop)
-                if r.stop_type == "limit":
-                    raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
-                                        f"before its value ended: {r.content[:120]!r}")
-                if key != tail_key:
-                    values[key] = _parse_value(r.content, label)
-                    return
-                try:
-                    full = _close_object("{" + key_text + r.content)
-                    if not isinstance(full, dict) or key not in full:
-                        raise ValueError("no object")
-                except ValueError as exc:
-                    raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
-                values[key] = full.pop(key)
-                extra.update(full)
+                values[key], texts[key], r = await self._value(
+                    f"arg:{key}{tag}", stats, open_ + json.dumps(key, ensure_ascii=False) + key_sep,
+                    spec.value_schema(key), lead, branch_slot, number_lead_in_prompt)
+                slots.append(r.id_slot)
             except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
 
+        later = todo
+        if branch_slot is None and self.slots == "pinned" and todo:
+            # no slot holds this prompt yet: the first branch evaluates it on the slot the server
+            # picks (the one sharing the longest prefix), the others then continue it there
+            # instead of each evaluating the whole prompt on a slot of its own
+            await branch(todo[0])
+            later = todo[1:]
+            if slots:
+                slot = branch_slot = slots[0]
         async with anyio.create_task_group() as tg:
-            for key in todo:
+            for key in later:
                 tg.start_soon(branch, key)
         if errors:
             detail = "; ".join(f"{k}: {e}" for k, e in errors.items())
             raise DecodingError(f"{spec.name}: {len(errors)} of {len(todo)} argument branches failed: "
                                 f"{detail}") from next(iter(errors.values()))
+        if slot is None and slots and self.slots != "auto":
+            slot = slots[0]
         args = {**partial, **{k: values[k] for k in required if k in values}}
-        if tail_key is not None:
-            args.update({k: extra[k] for k in rest if k in extra})
-        elif rest:
-            args = await self._decode_optional(spec, call_prefix, args, rest, slot, stats, tag, syntax)
+        if rest:
+            args, more_texts = await self._decode_optional(spec, call_prefix, args, texts, rest, slot, stats,
+                                                           tag, syntax, number_lead_in_prompt)
+            texts.update(more_texts)
         spec.validate(args)
-        return args
+        return args, texts, slot
 
-    async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], rest: list[str],
-                               slot: int | None, stats: DecodeStats, tag: str, syntax: CallSyntax) -> dict[str, Any]:
-        inner = _inner(syntax, args)
-        grammar = optional_tail_grammar([(k, spec.value_schema(k)) for k in rest], after_required=bool(args),
-                                        key_sep=syntax.key_sep, item_sep=syntax.item_sep)
-        label = f"optional{tag}"
-        r = await self._request(label, stats, call_prefix + syntax.args_open + inner,
-                                n_predict=self.max_value_tokens, grammar=grammar, id_slot=slot)
-        if r.stop_type == "limit":
-            raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens: {r.content[:120]!r}")
-        try:
-            full = _close_object("{" + inner + r.content)
-        except ValueError as exc:
-            raise DecodingError(f"branch {label} did not close the arguments: {r.content[:200]!r}") from exc
-        if not isinstance(full, dict):
-            raise DecodingError(f"branch {label} did not produce an object: {r.content[:200]!r}")
-        return full
+    async def _value(self, label: str, stats: DecodeStats, prompt: str, schema: dict[str, Any], lead: str,
+                     slot: int | None, number_lead_in_prompt: bool = True) -> tuple[Any, str, RawCompletion]:
+        """One argument value after ``prompt`` (which ends with the key and its separator, e.g.
+        ``"key":``), constrained by ``schema``; the request stops at the first newline after it
+        (``stop=["\\n"]``: in pretty-printed JSON a pair ends there, and a JSON string or scalar
+        never holds a raw newline), so it decodes the value and one delimiter token. A value
+        written over several lines (a pretty-printed object) is cut there: that branch is decoded
+        again without the stop. A number's lead (the space after ``:``) is written into the prompt:
+        BPE tokenizers (Qwen2, Llama 3) make that space a token of its own before digits, so it
+        costs a token where it is decoded; before a string or a bracket the tokenizer merges it
+        (`` "``, `` [``), so there it stays in the grammar. Returns (value, its text, request)."""
+        numeric = (number_lead_in_prompt and schema.get("type") in ("number", "integer")
+                   and not any(k in schema for k in ("enum", "const", "anyOf", "oneOf")))
+        if numeric:
+            prompt, lead = prompt + lead, ""
+        grammar = value_grammar(schema, lead)
+        for stop in (["\n"], None):
+            r = await self._request(label, stats, prompt, n_predict=self.max_value_tokens, grammar=grammar,
+                                    id_slot=slot, stop=stop)
+            if r.stop_type == "limit":
+                raise DecodingError(f"branch {label} was cut at {self.max_value_tokens} tokens "
+                                    f"before its value ended: {r.content[:120]!r}")
+            try:
+                value, text = _parse_value_text(r.content, label)
+            except DecodingError:
+                if stop and r.stop_type == "word":
+                    log.debug("branch %s wrote its value over several lines (%r); decoding it again whole",
+                              label, r.content[:80])
+                    continue
+                raise
+            return value, text, r
+        raise AssertionError("unreachable")
+
+    async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], texts: dict[str, str],
+                               rest: list[str], slot: int | None, stats: DecodeStats, tag: str, syntax: CallSyntax,
+                               number_lead_in_prompt: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+        """The optional arguments after the required ones, written as the model writes them: one
+        token decides whether the object closes or another pair follows (`_choose`); then, with
+        more than one candidate, the key (its first tokens, `_choose_key`), then its value
+        (`_value`); again until the object closes or no optional argument is left. Absent ones
+        cost one request of one token. Returns (arguments, texts of the decoded values)."""
+        args = dict(args)
+        new_texts: dict[str, str] = {}
+        key_sep = syntax.key_sep.rstrip()
+        lead = syntax.key_sep[len(key_sep):]
+        rest = list(rest)
+        n = 0
+        while rest:
+            all_texts = {**texts, **new_texts}
+            if args:
+                base = call_prefix + syntax.args_open + syntax.pairs_text(args, all_texts)
+                options = [syntax.args_close, syntax.item_sep + '"']
+                prompt = base
+            else:  # no pair yet: "{}" or an object with a pair
+                stripped = call_prefix.rstrip(" ")
+                ws = call_prefix[len(stripped):]
+                prompt, base = stripped, call_prefix + syntax.args_open
+                options = [ws + "{}", ws + syntax.args_open + '"']
+            choice, _ = await self._choose(f"optional{tag}" + (f".{n}" if n else ""), stats, prompt, options,
+                                           slot if self.slots == "pinned" else None)
+            if choice == 0:
+                break
+            opened = base + (syntax.item_sep if args else "")
+            if len(rest) == 1:
+                key = rest[0]
+            else:
+                key = await self._choose_key(f"key{tag}.{n}", stats, opened, rest, slot)
+            value, text, _ = await self._value(f"arg:{key}{tag}", stats,
+                                               opened + json.dumps(key, ensure_ascii=False) + key_sep,
+                                               spec.value_schema(key), lead,
+                                               slot if self.slots == "pinned" else None, number_lead_in_prompt)
+            args[key], new_texts[key] = value, text
+            rest.remove(key)
+            n += 1
+        return args, new_texts
+
+    async def _choose_key(self, label: str, stats: DecodeStats, opened: str, keys: list[str],
+                          slot: int | None) -> str:
+        """Which of ``keys`` the model writes after ``opened`` (which ends where a key's opening
+        quote would be): its first tokens, stopped as soon as they tell the keys apart."""
+        words = [json.dumps(k, ensure_ascii=False)[1:] for k in keys]  # key text after its opening quote
+        stripped = opened.rstrip(" ")
+        lead = opened[len(stripped):] + '"'
+        stops = [lead + p for p in unique_prefixes(words).values()]
+        grammar = quoted_choice_grammar(lead, [w[:-1] for w in words], '"')
+        r = await self._request(label, stats, stripped, n_predict=max(map(len, words)) + len(lead) + 2,
+                                grammar=grammar, id_slot=slot if self.slots == "pinned" else None, stop=stops)
+        text = (r.content + r.stopping_word)[len(lead):]
+        found = [k for k, w in zip(keys, words, strict=True) if w.startswith(text) or text.startswith(w)]
+        if len(found) != 1:
+            raise DecodingError(f"step {label} produced no known optional argument: {r.content[:200]!r}")
+        return found[0]
 
     async def _fallback(self, messages: list[dict[str, Any]], why: str) -> DecodeResult:
         if not self._warned:

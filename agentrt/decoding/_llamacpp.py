@@ -50,6 +50,8 @@ class RawCompletion:
             ``"word"`` (a stop string), or ``"none"``.
         started, ended: ``time.perf_counter()`` seconds at request and response.
         probs: llama.cpp's ``completion_probabilities`` when ``n_probs`` was asked, else ``[]``.
+        stopping_word: the stop string that ended generation (``stop_type="word"``; it is not
+            part of ``content``), else ``""``.
     """
 
     content: str
@@ -61,6 +63,7 @@ class RawCompletion:
     started: float
     ended: float
     probs: list[dict[str, Any]]
+    stopping_word: str = ""
 
 
 class LlamaCppEndpoint:
@@ -180,4 +183,5 @@ class LlamaCppEndpoint:
             content=data["content"], tokens_predicted=int(data.get("tokens_predicted") or 0),
             prompt_n=int(timings.get("prompt_n") or 0), cache_n=int(timings.get("cache_n") or 0),
             id_slot=int(data.get("id_slot", -1)), stop_type=str(data.get("stop_type") or "none"),
-            started=started, ended=ended, probs=list(data.get("completion_probabilities") or []))
+            started=started, ended=ended, probs=list(data.get("completion_probabilities") or []),
+            stopping_word=str(data.get("stopping_word") or ""))

@@ -41,16 +41,25 @@ class CallSyntax:
     args_open: str = "{"
     args_close: str = "}"
 
-    def args_text(self, args: dict[str, Any]) -> str:
-        """``args`` as the template writes them (its separators)."""
+    def pairs_text(self, args: dict[str, Any], texts: dict[str, str] | None = None) -> str:
+        """The pairs of ``args`` without the braces: ``item_sep`` between pairs, ``key_sep`` after
+        each key; a value is written as ``texts[key]`` (the text the model wrote for it) when given,
+        else as compact one-line JSON (``[3, 4]``): the separators of the arguments object are not
+        those of the values inside it (the model writes ``"pointA": [3, 4]`` in pretty-printed calls)."""
+        texts = texts or {}
+        return self.item_sep.join(json.dumps(k, ensure_ascii=False) + self.key_sep
+                                  + (texts[k] if k in texts else json.dumps(v, ensure_ascii=False))
+                                  for k, v in args.items())
+
+    def args_text(self, args: dict[str, Any], texts: dict[str, str] | None = None) -> str:
+        """``args`` as the template writes them (its separators; see `pairs_text`)."""
         if not args:
             return "{}"
-        inner = json.dumps(args, ensure_ascii=False, separators=(self.item_sep, self.key_sep))[1:-1]
-        return self.args_open + inner + self.args_close
+        return self.args_open + self.pairs_text(args, texts) + self.args_close
 
-    def call_text(self, name: str, args: dict[str, Any]) -> str:
+    def call_text(self, name: str, args: dict[str, Any], texts: dict[str, str] | None = None) -> str:
         """One whole call, ``before_name`` to ``call_close``."""
-        return f"{self.before_name}{name}{self.after_name}{self.args_text(args)}{self.call_close}"
+        return f"{self.before_name}{name}{self.after_name}{self.args_text(args, texts)}{self.call_close}"
 
 
 def probe_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
