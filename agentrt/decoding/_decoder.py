@@ -662,7 +662,7 @@ class ParallelCallDecoder:
 
     async def _decode_args_texts(self, spec: _Spec, call_prefix: str, partial: dict[str, Any], slot: int | None,
                                  stats: DecodeStats, tag: str, syntax: CallSyntax | None = None,
-                                 optional_done: bool = False, number_lead_in_prompt: bool = True
+                                 optional_done: bool = False
                                  ) -> tuple[dict[str, Any], dict[str, str], int | None]:
         """Arguments of one call after ``call_prefix`` (which ends with ``after_name``): every
         required argument not in ``partial`` in its own branch, all at once, each continuing
@@ -690,7 +690,7 @@ class ParallelCallDecoder:
             try:
                 values[key], texts[key], r = await self._value(
                     f"arg:{key}{tag}", stats, open_ + json.dumps(key, ensure_ascii=False) + key_sep,
-                    spec.value_schema(key), lead, branch_slot, number_lead_in_prompt)
+                    spec.value_schema(key), lead, branch_slot)
                 slots.append(r.id_slot)
             except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
@@ -716,26 +716,22 @@ class ParallelCallDecoder:
         args = {**partial, **{k: values[k] for k in required if k in values}}
         if rest:
             args, more_texts = await self._decode_optional(spec, call_prefix, args, texts, rest, slot, stats,
-                                                           tag, syntax, number_lead_in_prompt)
+                                                           tag, syntax)
             texts.update(more_texts)
         spec.validate(args)
         return args, texts, slot
 
     async def _value(self, label: str, stats: DecodeStats, prompt: str, schema: dict[str, Any], lead: str,
-                     slot: int | None, number_lead_in_prompt: bool = True) -> tuple[Any, str, RawCompletion]:
+                     slot: int | None) -> tuple[Any, str, RawCompletion]:
         """One argument value after ``prompt`` (which ends with the key and its separator, e.g.
         ``"key":``), constrained by ``schema``; the request stops at the first newline after it
         (``stop=["\\n"]``: in pretty-printed JSON a pair ends there, and a JSON string or scalar
         never holds a raw newline), so it decodes the value and one delimiter token. A value
         written over several lines (a pretty-printed object) is cut there: that branch is decoded
-        again without the stop. A number's lead (the space after ``:``) is written into the prompt:
-        BPE tokenizers (Qwen2, Llama 3) make that space a token of its own before digits, so it
-        costs a token where it is decoded; before a string or a bracket the tokenizer merges it
-        (`` "``, `` [``), so there it stays in the grammar. Returns (value, its text, request)."""
-        numeric = (number_lead_in_prompt and schema.get("type") in ("number", "integer")
-                   and not any(k in schema for k in ("enum", "const", "anyOf", "oneOf")))
-        if numeric:
-            prompt, lead = prompt + lead, ""
+        again without the stop. The space after ``:`` stays in the grammar, not the prompt: the
+        tokenizer merges it with what follows (`` "``, `` [``, `` -``), and a prompt ending in a
+        space left Qwen2.5 only a bare ``-`` token, which it did not write (``-11`` became ``11``,
+        BFCL simple_python_5, seen here). Returns (value, its text, request)."""
         grammar = value_grammar(schema, lead)
         for stop in (["\n"], None):
             r = await self._request(label, stats, prompt, n_predict=self.max_value_tokens, grammar=grammar,
@@ -756,7 +752,7 @@ class ParallelCallDecoder:
 
     async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], texts: dict[str, str],
                                rest: list[str], slot: int | None, stats: DecodeStats, tag: str, syntax: CallSyntax,
-                               number_lead_in_prompt: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+                               ) -> tuple[dict[str, Any], dict[str, str]]:
         """The optional arguments after the required ones, written as the model writes them: one
         token decides whether the object closes or another pair follows (`_choose`); then, with
         more than one candidate, the key (its first tokens, `_choose_key`), then its value
@@ -791,7 +787,7 @@ class ParallelCallDecoder:
             value, text, _ = await self._value(f"arg:{key}{tag}", stats,
                                                opened + json.dumps(key, ensure_ascii=False) + key_sep,
                                                spec.value_schema(key), lead,
-                                               slot if self.slots == "pinned" else None, number_lead_in_prompt)
+                                               slot if self.slots == "pinned" else None)
             args[key], new_texts[key] = value, text
             rest.remove(key)
             n += 1
