@@ -1,12 +1,14 @@
-"""`agentrt sleep run|status|budget` against a scripted OpenAI-compatible endpoint (no engine started)."""
+"""`agentrt sleep run|daemon|status|budget` against a scripted OpenAI-compatible endpoint (no engine started)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,7 +18,12 @@ from _sleeptime_fake import step_of
 
 @pytest.fixture
 def endpoint():
-    calls: list[str] = []
+    class Calls(list):  # the steps called, in order; ``hold``: see below
+        hold: threading.Event
+
+    calls = Calls()
+    calls.hold = threading.Event()  # set: a notes call about a text containing "SLOW" waits for `release`
+    hold, release = calls.hold, threading.Event()
 
     class Handler(BaseHTTPRequestHandler):
         def log_message(self, *args: object) -> None:
@@ -26,6 +33,8 @@ def endpoint():
             body = json.loads(self.rfile.read(int(self.headers["content-length"])))
             step = step_of(body["messages"])
             calls.append(step)
+            if step == "notes" and hold.is_set() and "SLOW" in body["messages"][1]["content"]:
+                release.wait(60)
             content = ("Each tree gives 4 apples, 3 trees: 12 apples a day.\nKEY FACTS:\n- 12 apples a day"
                        if step == "notes" else json.dumps({"items": [{"question": "How many apples a day?",
                                                                       "answer": "12"}]}))
@@ -43,6 +52,7 @@ def endpoint():
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}/v1", calls
+    release.set()
     server.shutdown()
     server.server_close()
 
@@ -77,3 +87,80 @@ def test_sleep_run_status_and_budget(tmp_path, endpoint):
     proc = agentrt(["sleep", "budget"], env)
     assert proc.returncode == 0, proc.stderr
     assert "spent 240 tokens; limit 1000; remaining 760" in proc.stdout
+
+
+def _wait(cond, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def _steps(db: Path, context_id: str) -> list[str]:
+    from agentrt.memory_store import HashingEmbedder, MemoryStore
+    from agentrt.sleeptime import context_session
+
+    with MemoryStore(db, embedder=HashingEmbedder()) as store:
+        return [e.meta["step"] for e in store.events(session=context_session(context_id), kind="sleeptime_step",
+                                                     limit=100) if e.expired_at is None]
+
+
+def test_sleep_daemon_learns_dropped_files_and_stops_cleanly_on_sigterm(tmp_path, endpoint):
+    url, calls = endpoint
+    env = {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
+           "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+    watch, db = tmp_path / "contexts", tmp_path / "m.db"
+    watch.mkdir()
+    script = Path(sys.executable).with_name("agentrt")
+    cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from agentrt.cli import main; main()"]
+    args = [*cmd, "sleep", "daemon", "--watch", str(watch), "--interval", "0.2", "--path", str(db)]
+
+    def start(log):
+        return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, text=True)
+
+    log_path = tmp_path / "daemon.log"
+    with open(log_path, "w") as log:
+        proc = start(log)
+        try:
+            _wait(lambda: "watching" in log_path.read_text(), 60, "the daemon to start")
+            (watch / "farm.txt").write_text("Janet has 3 apple trees. Each tree gives 4 apples a day.")
+            _wait(lambda: "predict" in _steps(db, "farm") if db.exists() else False, 30, "farm to be learned")
+            # a job in flight when SIGTERM comes: its finished steps stay, the rest resumes later
+            calls.hold.set()
+            (watch / "slow.txt").write_text("SLOW: Tom has 2 boats. Each boat has 5 sails.")
+            _wait(lambda: calls.count("notes") == 2, 30, "the slow job's notes call")
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    out = log_path.read_text()
+    assert rc == 0, out
+    assert "SIGTERM: stopping" in out and "attached farm" in out and "attached slow" in out
+    assert "1 unfinished" in out
+    assert _steps(db, "farm") == ["context", "notes", "predict"]
+    assert _steps(db, "slow") == ["context"]                    # stored before the signal, not lost
+
+    proc = agentrt(["sleep", "status", "--path", str(db)], env)
+    assert proc.returncode == 0, proc.stderr
+    row = next(ln for ln in proc.stdout.splitlines() if "farm" in ln and "240" in ln)   # 2 calls x 120 tokens
+    assert row
+    assert "daemon: stopped" in proc.stdout and "by SIGTERM" in proc.stdout and "unfinished jobs: 1" in proc.stdout
+    proc = agentrt(["sleep", "status", "--path", str(db), "--show", "farm"], env)
+    assert "Q: How many apples a day?" in proc.stdout
+
+    # started again: the unfinished job resumes after its stored step (no second context step)
+    calls.hold.clear()
+    n = len(calls)
+    with open(log_path, "w") as log:
+        proc = start(log)
+        try:
+            _wait(lambda: "predict" in _steps(db, "slow"), 60, "the slow job to resume and finish")
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert _steps(db, "slow") == ["context", "notes", "predict"]
+    assert calls[n:] == ["notes", "predict"]                     # farm: all steps stored, no call
