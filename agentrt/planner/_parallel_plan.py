@@ -16,7 +16,10 @@ Two stages instead of one streamed plan (``plan_format="parallel"`` of `LLMCompi
    `agentrt.decoding.ParallelCallDecoder.decode_arguments` (SimpleTool-style: the call's
    skeleton written, each argument value decoded in its own schema-constrained branch). Each
    task's prompt is the question, the outline and "call i"; the worked examples show an outline
-   and its calls written out, so the model tells call 1 from call 2 when both are ``search``.
+   and its calls written out. Calls of the same tool are decoded in id order, each prompt showing
+   the earlier ones' arguments (``siblings="see_earlier"``): decoded all at once, two ``search``
+   calls of one outline were both written for the first entity of the question. Calls of
+   different tools still decode at once.
    Wherever the tool's schema takes a value, the grammar also admits a reference ``"$N"``.
 
 Each task is validated (`PlanValidator`) and handed to the scheduler the moment its arguments
@@ -244,6 +247,9 @@ class _Round:
     outline: list[OutlineTask]
     settled: set[int] = field(default_factory=set)
     waiting: dict[int, Task] = field(default_factory=dict)
+    #: per task id: set once its arguments are decoded (or failed); `written` holds the call
+    written: dict[int, str] = field(default_factory=dict)
+    decoded: dict[int, anyio.Event] = field(default_factory=dict)
 
 
 class ParallelPlanner:
@@ -260,13 +266,19 @@ class ParallelPlanner:
         optional_args: ``"nullable"`` (each optional argument decoded at once with the required
             ones, ``null`` meaning absent) or ``"decide"`` (the decoder's own way: after the required
             ones, one request whose first token says whether any optional argument follows).
+        siblings: ``"see_earlier"`` (calls of the same tool in one outline are decoded in id order,
+            each prompt showing the earlier ones' arguments; calls of different tools still run at
+            once) or ``"parallel"`` (every call at once; siblings may repeat each other's arguments).
     """
 
     def __init__(self, registry: ToolRegistry, examples: Sequence[PlanExample], base_url: str, *,
                  max_tasks: int = 8, outline_max_tokens: int = 96, max_value_tokens: int = 160,
-                 slots: str = "auto", optional_args: str = "nullable") -> None:
+                 slots: str = "auto", optional_args: str = "nullable", siblings: str = "see_earlier") -> None:
         if optional_args not in ("nullable", "decide"):
             raise ValueError(f"optional_args must be 'nullable' or 'decide', not {optional_args!r}")
+        if siblings not in ("see_earlier", "parallel"):
+            raise ValueError(f"siblings must be 'see_earlier' or 'parallel', not {siblings!r}")
+        self.siblings = siblings
         self.registry = registry
         self.max_tasks = max_tasks
         self.outline_max_tokens = outline_max_tokens
@@ -299,14 +311,22 @@ class ParallelPlanner:
 
     @staticmethod
     def task_messages(outline_msgs: list[dict[str, Any]], outline: list[OutlineTask],
-                      task: OutlineTask) -> list[dict[str, Any]]:
-        """The outline conversation + "call i": the prompt of task ``task``'s argument decode."""
+                      task: OutlineTask, written: dict[int, str] | None = None) -> list[dict[str, Any]]:
+        """The outline conversation + "call i": the prompt of task ``task``'s argument decode.
+
+        ``written``: calls of the same tool already decoded in this outline (id -> ``tool(args)``),
+        shown so that this call takes different arguments (without them, two ``search`` calls of
+        one outline were both decoded with the first entity's name)."""
         text = "\n".join([*(t.line() for t in outline), f"{outline[-1].id + 1}. join()"])
         same = [t.id for t in outline if t.tool == task.tool]
         ask = f"Write call {task.id}: {task.line().split('. ', 1)[1]}"
         if len(same) > 1:
             ask += (f". Calls {', '.join(map(str, same))} all use {task.tool}; this is call {task.id}, "
                     "with its own arguments")
+            done = [f"{tid}. {written[tid]}" for tid in same if written and tid in written]
+            if done:
+                ask += ("; already written, for other items of the question:\n" + "\n".join(done)
+                        + f"\nCall {task.id} is for the next item, not one of those")
         return [*outline_msgs, {"role": "assistant", "content": "Outline:\n" + text},
                 {"role": "user", "content": ask + "."}]
 
@@ -363,7 +383,7 @@ class ParallelPlanner:
             handle = compiler._event_handler(res, validator, session.add)
             outline, issues, _ = await self.outline(compiler, res, msgs, first_id)
             handle(list(issues))
-            rnd = _Round(first_id, outline)
+            rnd = _Round(first_id, outline, decoded={t.id: anyio.Event() for t in outline})
             async with anyio.create_task_group() as tg:
                 for task in outline:
                     tg.start_soon(self._decode_task, compiler, res, msgs, rnd, task, handle)
@@ -377,7 +397,19 @@ class ParallelPlanner:
 
     async def _decode_task(self, compiler: LLMCompiler, res: CompilerResult, msgs: list[dict[str, Any]],
                            rnd: _Round, task: OutlineTask, handle: Any) -> None:
-        tmsgs = self.task_messages(msgs, rnd.outline, task)
+        try:
+            await self._decode_task_arguments(compiler, res, msgs, rnd, task, handle)
+        finally:
+            rnd.decoded[task.id].set()
+
+    async def _decode_task_arguments(self, compiler: LLMCompiler, res: CompilerResult,
+                                     msgs: list[dict[str, Any]], rnd: _Round, task: OutlineTask,
+                                     handle: Any) -> None:
+        if self.siblings == "see_earlier":  # same-tool calls written in id order, each sees the earlier
+            for other in rnd.outline:
+                if other.id < task.id and other.tool == task.tool:
+                    await rnd.decoded[other.id].wait()
+        tmsgs = self.task_messages(msgs, rnd.outline, task, rnd.written)
         call = compiler._before_llm_call(res, "planner.arguments", [Message(**m) for m in tmsgs],
                                          self.decoder.max_value_tokens)
         call.span.set("agentrt.plan.task_id", task.id)
@@ -411,6 +443,7 @@ class ParallelPlanner:
             return
         args = {k: v for k, v in args.items() if not (v is None and k in self._optional[task.tool])}
         planned = Task(id=task.id, tool=task.tool, args=args, deps=frozenset(task.deps))
+        rnd.written[task.id] = planned.render().split(". ", 1)[-1]
         forward = sorted(d for d in planned.deps if d >= task.id)
         if forward:
             self._settle(rnd, task.id, PlanIssue(task.id, planned.render(), (

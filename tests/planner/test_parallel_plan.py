@@ -325,3 +325,38 @@ def test_agent_and_cli_take_the_plan_format() -> None:
         Agent(tools=[], plan_format="xml", memory=False)
     out = CliRunner().invoke(app, ["run", "--plan-format", "xml", "1 + 1?"])
     assert out.exit_code == 2 and "--plan-format" in out.output
+
+
+async def test_a_same_tool_call_sees_its_earlier_siblings_arguments_other_tools_do_not_wait() -> None:
+    script = Script(outline="1. search()\n2. add()\n3. search()\n4. join()",
+                    args={1: {"query": "Danube", "k": None}, 2: {"a": 1, "b": 2}, 3: {"query": "Rhine", "k": None}},
+                    delays={1: 0.6})
+    res, *_ = await _run(script)
+    assert not res.issues and res.results[2].value == 3
+    prompts = {e["task"]: e["prompt"] for e in script.log if e["task"]}
+    assert 'already written, for other items of the question:\n1. search(query="Danube")' in prompts[3]
+    assert "already written" not in prompts[1] and "already written" not in prompts[2]
+    spans = {}
+    for e in script.log:
+        if e["task"]:
+            lo, hi = spans.get(e["task"], (e["started"], e["ended"]))
+            spans[e["task"]] = (min(lo, e["started"]), max(hi, e["ended"]))
+    assert spans[3][0] >= spans[1][1] - 0.01  # search 3 decoded after search 1's arguments were known
+    assert spans[2][0] < spans[1][1] - 0.3  # add did not wait for search 1
+
+
+async def test_siblings_parallel_decodes_same_tool_calls_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentrt.planner._parallel_plan import ParallelPlanner
+
+    init = ParallelPlanner.__init__
+    monkeypatch.setattr(ParallelPlanner, "__init__",
+                        lambda self, *a, **kw: init(self, *a, **{**kw, "siblings": "parallel"}))
+    script = Script(outline="1. search()\n2. search()\n3. join()",
+                    args={1: {"query": "x", "k": None}, 2: {"query": "y", "k": None}}, delays={1: 0.6, 2: 0.6})
+    await _run(script)
+    firsts = {}
+    for e in script.log:
+        if e["task"]:
+            firsts.setdefault(e["task"], e["started"])
+    assert abs(firsts[1] - firsts[2]) < 0.3
+    assert not any("already written" in e["prompt"] for e in script.log)
