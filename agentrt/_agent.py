@@ -382,14 +382,8 @@ class Agent:
 
     def _recall(self, store: Any, question: str) -> str:
         """The most similar past episode as text, if its question is close enough, else ""."""
-        from agentrt.memory_store import Filters
-
-        res = store.search(question, k=1, filters=Filters(kind="question", session=self.memory_session),
-                           mode="vector")
-        if not res.hits or (res.hits[0].dense if res.hits[0].dense is not None else res.hits[0].score) \
-                < self.memory_threshold:
-            return ""
-        return store.relevant_episodes(question, k=1, session=self.memory_session, max_chars=800)
+        return store.relevant_episodes(question, k=1, session=self.memory_session, max_chars=800,
+                                       min_similarity=self.memory_threshold)
 
     async def _remember(self, store: Any, tracer: Tracer, question: str, res: CompilerResult) -> None:
         """Append the run's episode (durable when this returns)."""

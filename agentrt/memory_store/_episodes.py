@@ -67,16 +67,24 @@ class EpisodesMixin:
         return qid
 
     def relevant_episodes(self, question: str, k: int = 3, *, session: str | None = None,
-                          max_chars: int = 2000) -> str:
+                          max_chars: int = 2000, min_similarity: float | None = None) -> str:
         """Compact text about the ``k`` past episodes most relevant to ``question`` (hybrid search
         over stored questions), for a planner prompt; ``""`` when there are none. At most
-        ``max_chars`` characters."""
+        ``max_chars`` characters.
+
+        ``min_similarity``: keep only episodes whose stored question has at least this cosine
+        similarity to ``question`` (one vector search instead of the hybrid one, so a caller's
+        relevance gate and the text come from the same search)."""
         filters = Filters(kind="question", session=session)
         if self.index.total == 0:
             return ""
-        res = self.search(question, k=k, filters=filters)
+        if min_similarity is None:
+            hits = self.search(question, k=k, filters=filters).hits
+        else:
+            hits = [h for h in self.search(question, k=k, filters=filters, mode="vector").hits
+                    if (h.dense if h.dense is not None else h.score) >= min_similarity]
         parts = []
-        for n, hit in enumerate(res.hits, 1):
+        for n, hit in enumerate(hits, 1):
             members = sorted(self.neighbors(hit.event.id, ["about"], direction="in"), key=lambda t: t[1].id)
             when = time.strftime("%Y-%m-%d %H:%M", time.gmtime(hit.event.ts))
             lines = [f"Past episode {n} ({when} UTC):", f"Q: {_clip(hit.event.text, 300)}"]

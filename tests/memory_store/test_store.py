@@ -212,6 +212,9 @@ def test_episode_is_stored_with_edges_and_returned_for_a_related_question(store)
     assert "httpx" in text and "13000" in text and "Paris" not in text
     nxt = store.neighbors(qid, ["next"], direction="out")
     assert nxt[0][1].kind == "plan"
+    # a similarity gate: the same episode at a low bar, nothing at a bar no paraphrase reaches
+    assert "13000" in store.relevant_episodes("how many stars has httpx got", k=1, min_similarity=-1.0)
+    assert store.relevant_episodes("how many stars has httpx got", k=1, min_similarity=1.01) == ""
 
 
 def test_store_refuses_vectors_of_another_model(tmp_path):
