@@ -2,7 +2,11 @@
 
 It serves ``/apply-template`` (ChatML with Qwen2.5's tool-call format), ``/completion`` and
 ``/v1/chat/completions``. Its "model" is a script: the value of each argument (by key), the tool
-name of each call, whether optional arguments are written, how many calls the turn has. Every
+name of each call, whether optional arguments are written, how many calls the turn has. It
+answers each kind of request the decoder makes: a choice between texts (``n_predict=1``: another
+call or the end of the turn, an optional pair or the end of the object), a tool name or an optional
+key (cut at the first stop string it contains, as llama.cpp does), a value (after ``"key":``), the
+outline (``context="skeleton"``). Every
 request is logged with its body and its start/end times, so tests can check grammars, slots and
 that branches overlapped.
 """
@@ -51,7 +55,9 @@ class Script:
         delay: seconds each ``/completion`` takes (to observe overlap).
         fail_key: an argument whose branch answers HTTP 500.
         truncate_key: an argument whose branch stops at the token limit mid-value.
-        names_cut: the names step stops at its token limit (a model looping on calls).
+        names_cut: the outline step stops at its token limit (a model looping on calls).
+        multiline_key: an argument whose value the model writes over several lines (pretty-printed):
+            a branch stopped at a newline gets only its first line.
         raw: False makes ``/apply-template`` and ``/completion`` answer 404 (a plain OpenAI server).
     """
 
@@ -62,6 +68,7 @@ class Script:
     truncate_key: str | None = None
     raw: bool = True
     names_cut: bool = False
+    multiline_key: str | None = None
     log: list[dict[str, Any]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -149,52 +156,69 @@ class _Handler(JsonHandler):
     def _complete(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         s = self.script
         prompt: str = body["prompt"]
+        grammar: str = body.get("grammar", "")
         turn = prompt[prompt.rfind("<|im_start|>assistant\n"):]
         index = len(_CALL.findall(turn)) - 1  # the call being decoded
-        stop = "eos"
+        stop, stops = "eos", body.get("stop") or []
+        words = [json.loads(x) for x in re.findall(_LIT, grammar.split("start:", 1)[-1].split("\n", 1)[0])]
         if body.get("n_predict") == 0:
             content = ""
-        elif re.search(r"^start: c$", body.get("grammar", ""), re.MULTILINE):  # incremental: the first call
-            content = _step_call(body["grammar"], *s.calls[index])
-        elif re.search(r"^start: .+ \| .+ c$", body.get("grammar", ""), re.MULTILINE):  # incremental: another call?
-            framed = '"calls": [' in turn  # the decoder's JSON framing (JSON_CALLS)
-            pretty = '"calls": [\n    {\n' in turn  # JSON_CALLS, not JSON_CALL_LINES
-            sep = (',\n    {\n      "name": "' if pretty else ',\n    {"name": "') if framed else '\n<tool_call>\n{"name": "'
-            more = index + 1 < len(s.calls)
-            content = sep + _step_call(body["grammar"], *s.calls[index + 1]) if more else (
-                "\n  ]\n}" if framed else "")
-            if s.names_cut and more:
-                stop = "limit"
         elif prompt.endswith('{"name": "'):  # the outline: names and first arguments, the rest elided
             framed = turn.startswith('<|im_start|>assistant\n{"calls": [')  # the JSON framing
             sep = ', {"name": "' if framed else '\n<tool_call>\n{"name": "'
-            content = sep.join(_outline_call(body["grammar"], n, a) for n, a in s.calls) + ("]}" if framed else "")
+            content = sep.join(_outline_call(grammar, n, a) for n, a in s.calls) + ("]}" if framed else "")
             stop = "limit" if s.names_cut else "eos"
+        elif body.get("n_predict") == 1:  # a choice between texts (choice_grammar): the whole text, as one token
+            if any("name" in w or "<tool_call>" in w for w in words):  # another call, or the end of the turn
+                index += 1  # the call that would follow
+                more = index < len(s.calls)
+                pick = [w for w in words if ("name" in w or "<tool_call>" in w) == more]
+                content = pick[0] if pick else ""  # no text: the end of generation
+            else:  # an optional argument, or the end of the arguments object
+                content = words[-1] if _next_optional(s, prompt, index) else words[0]
+        elif prompt.endswith('"name":'):  # the tool name of the next call, after its opening quote
+            content, stop = _emit(words[0] + s.calls[len(_CALL.findall(turn))][0] + '"', stops)
         elif m := re.search(r'"([^"]+)":$', prompt):
             key = m.group(1)
             if key == s.fail_key:
                 return 500, {"error": {"code": 500, "message": "slot crashed"}}
-            name, args = s.calls[index]
+            args = s.calls[index][1]
             value = json.dumps(args[key], ensure_ascii=False)
-            content = " " + value + ","
-            if "t0:" in body.get("grammar", ""):  # the last required branch also writes the optional tail
-                extra = {k: v for k, v in args.items() if k not in s.required.get(name, [])}
-                content = " " + value + (", " + json.dumps(extra, ensure_ascii=False)[1:] if extra else "}")
+            if key == s.multiline_key and stops:  # written over several lines: cut at the first newline
+                value = json.dumps(args[key], ensure_ascii=False, indent=2)
+            content, stop = _emit(" " + value + ",\n", stops)
             if key == s.truncate_key:
                 content, stop = " " + value[: len(value) // 2], "limit"
-        else:  # the optional tail after the required pairs
-            name, args = s.calls[index]
-            required = s.required.get(name, [])
-            extra = {k: v for k, v in args.items() if k not in required}
-            if not extra:
-                content = "}}"
-            else:
-                lead = ", " if any(k in args for k in required) else ""
-                content = lead + json.dumps(extra, ensure_ascii=False)[1:] + "}"
+        else:  # which optional argument: its key after the separator
+            key = _next_optional(s, prompt, index)
+            lead = json.loads(re.findall(_LIT, grammar.split("start:", 1)[1])[0])
+            content, stop = _emit(lead + (key or "?") + '"', stops)
         slot = body.get("id_slot")
+        word = ""
+        if stop == "word":
+            content, word = content
         return 200, {"content": content, "tokens_predicted": max(1, len(content) // 3), "stop_type": stop,
-                     "id_slot": 0 if slot is None else slot,
+                     "stopping_word": word, "id_slot": 0 if slot is None else slot,
                      "timings": {"prompt_n": 5, "cache_n": len(prompt) // 4}}
+
+
+def _emit(text: str, stops: list[str]) -> tuple[Any, str]:
+    """``text`` as llama.cpp returns it under ``stops``: cut before the first stop string it
+    contains, as ``((content, stopping word), "word")``; else ``(text, "eos")``."""
+    for i in range(1, len(text) + 1):
+        for word in stops:
+            if text[:i].endswith(word):
+                return (text[: i - len(word)], word), "word"
+    return text, "eos"
+
+
+def _next_optional(s: Script, prompt: str, index: int) -> str | None:
+    """The next optional argument of call ``index`` the script writes that the prompt's last
+    arguments object does not have yet."""
+    name, args = s.calls[index]
+    written = set(re.findall(r'"([^"]+)":', prompt[prompt.rfind('"arguments":') + len('"arguments":'):]))
+    required = s.required.get(name, [])
+    return next((k for k in args if k not in required and k not in written), None)
 
 
 _LIT = r'"(?:[^"\\]|\\.)*"'
@@ -214,27 +238,3 @@ def _outline_call(grammar: str, name: str, args: dict[str, Any]) -> str:
     key = re.search(r'"([^"]+)":\s*$', json.loads(opening)).group(1)
     closing = re.findall(_LIT, tail)[-1:]  # the text after the value, to the end of the call
     return name + json.loads(opening) + json.dumps(args[key], ensure_ascii=False) + "".join(map(json.loads, closing))
-
-
-def _step_call(grammar: str, name: str, args: dict[str, Any]) -> str:
-    """One call of an incremental step: the name and, when the rule decodes one, its first
-    argument's value and one delimiter; a rule with an optional tail (a tool with at most one
-    required argument) gets the whole call."""
-    lit = json.dumps(name)
-    line = next((ln for ln in grammar.splitlines() if re.match(rf"c\d+: {re.escape(lit)} ", ln)), None)
-    if line is None:
-        return name + '"'
-    rest = line.split(": ", 1)[1][len(lit) + 1:]
-    tail = re.search(r"\bo\d+t0\b", rest) is not None or rest.endswith('"\\n"))')
-    if "%json" not in rest:
-        opening = json.loads(re.findall(_LIT, rest)[0])
-        if opening.endswith("{}"):
-            return name + opening
-        return name + opening + (json.dumps(args, ensure_ascii=False)[1:] if args else "}")
-    opening = json.loads(rest.split(" %json ", 1)[0])
-    key = re.search(r'"([^"]+)":\s*$', opening).group(1)
-    value = json.dumps(args[key], ensure_ascii=False)
-    if not tail:
-        return name + opening + value + ","
-    extra = {k: v for k, v in args.items() if k != key}
-    return name + opening + value + (", " + json.dumps(extra, ensure_ascii=False)[1:] if extra else "}")

@@ -84,6 +84,7 @@ log = logging.getLogger(__name__)
 Slots = Literal["pinned", "spread", "auto"]
 Context = Literal["incremental", "skeleton", "decoded"]
 Framing = Literal["json", "json_lines", "template"]
+Arguments = Literal["auto", "parallel", "sequential"]
 #: What stands for the arguments not yet decoded in the outline and in later calls' prefixes: the
 #: model sees that the call has more arguments without their values.
 ELIDED = "..."
@@ -292,7 +293,7 @@ class ParallelCallDecoder:
     def __init__(self, model: OpenAIChatModel | str, tools: Sequence[Tool | dict[str, Any]], *,
                  slots: Slots = "pinned", max_calls: int = 8, max_value_tokens: int = 256,
                  model_name: str | None = None, timeout: float = 900.0, context: Context = "incremental",
-                 dedupe: bool = True, framing: Framing = "json") -> None:
+                 dedupe: bool = True, framing: Framing = "json", arguments: Arguments = "auto") -> None:
         if isinstance(model, str):
             self.model = OpenAIChatModel(model, model_name or "default")
         else:
@@ -311,6 +312,9 @@ class ParallelCallDecoder:
         if framing not in ("json", "json_lines", "template"):
             raise ValueError(f"framing must be 'json', 'json_lines' or 'template', not {framing!r}")
         self.framing = framing
+        if arguments not in ("auto", "parallel", "sequential"):
+            raise ValueError(f"arguments must be 'auto', 'parallel' or 'sequential', not {arguments!r}")
+        self.arguments = arguments
         self.dedupe = dedupe
         self.max_calls = max_calls
         self.max_value_tokens = max_value_tokens
@@ -695,18 +699,22 @@ class ParallelCallDecoder:
             except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
 
-        later = todo
-        if branch_slot is None and self.slots == "pinned" and todo:
-            # no slot holds this prompt yet: the first branch evaluates it on the slot the server
-            # picks (the one sharing the longest prefix), the others then continue it there
-            # instead of each evaluating the whole prompt on a slot of its own
-            await branch(todo[0])
-            later = todo[1:]
-            if slots:
-                slot = branch_slot = slots[0]
-        async with anyio.create_task_group() as tg:
-            for key in later:
-                tg.start_soon(branch, key)
+        if self._sequential_arguments():
+            # one slot runs one request at a time: branches issued at once would only queue there,
+            # so each is issued after the one before and continues it, the pairs decoded so far
+            # written (it knows which argument it is: alone, a "side2" branch of a triangle took
+            # side1's value, BFCL multiple_1, seen here); the cost is the same
+            for key in todo:
+                await branch(key)
+                if errors:
+                    break
+                open_ += syntax.pairs_text({key: values[key]}, texts) + syntax.item_sep
+                if branch_slot is None and self.slots == "pinned" and slots:
+                    slot = branch_slot = slots[0]
+        else:
+            async with anyio.create_task_group() as tg:
+                for key in todo:
+                    tg.start_soon(branch, key)
         if errors:
             detail = "; ".join(f"{k}: {e}" for k, e in errors.items())
             raise DecodingError(f"{spec.name}: {len(errors)} of {len(todo)} argument branches failed: "
@@ -720,6 +728,9 @@ class ParallelCallDecoder:
             texts.update(more_texts)
         spec.validate(args)
         return args, texts, slot
+
+    def _sequential_arguments(self) -> bool:
+        return self.arguments == "sequential" or (self.arguments == "auto" and self.slots == "pinned")
 
     async def _value(self, label: str, stats: DecodeStats, prompt: str, schema: dict[str, Any], lead: str,
                      slot: int | None) -> tuple[Any, str, RawCompletion]:
@@ -766,24 +777,20 @@ class ParallelCallDecoder:
         n = 0
         while rest:
             all_texts = {**texts, **new_texts}
-            if args:
-                base = call_prefix + syntax.args_open + syntax.pairs_text(args, all_texts)
+            if args:  # after the last value: the object closes, or a separator and a key follow
+                prompt = call_prefix + syntax.args_open + syntax.pairs_text(args, all_texts)
                 options = [syntax.args_close, syntax.item_sep + '"']
-                prompt = base
-            else:  # no pair yet: "{}" or an object with a pair
-                stripped = call_prefix.rstrip(" ")
-                ws = call_prefix[len(stripped):]
-                prompt, base = stripped, call_prefix + syntax.args_open
+            else:  # no pair yet: "{}" or an object with a pair (the space before it is the model's)
+                prompt = call_prefix.rstrip(" ")
+                ws = call_prefix[len(prompt):]
                 options = [ws + "{}", ws + syntax.args_open + '"']
             choice, _ = await self._choose(f"optional{tag}" + (f".{n}" if n else ""), stats, prompt, options,
                                            slot if self.slots == "pinned" else None)
             if choice == 0:
                 break
-            opened = base + (syntax.item_sep if args else "")
-            if len(rest) == 1:
-                key = rest[0]
-            else:
-                key = await self._choose_key(f"key{tag}.{n}", stats, opened, rest, slot)
+            opened = prompt + options[1][:-1]  # the separator written, up to the key's opening quote
+            key = rest[0] if len(rest) == 1 else await self._choose_key(f"key{tag}.{n}", stats, prompt,
+                                                                        options[1], rest, slot)
             value, text, _ = await self._value(f"arg:{key}{tag}", stats,
                                                opened + json.dumps(key, ensure_ascii=False) + key_sep,
                                                spec.value_schema(key), lead,
@@ -793,16 +800,14 @@ class ParallelCallDecoder:
             n += 1
         return args, new_texts
 
-    async def _choose_key(self, label: str, stats: DecodeStats, opened: str, keys: list[str],
+    async def _choose_key(self, label: str, stats: DecodeStats, prompt: str, lead: str, keys: list[str],
                           slot: int | None) -> str:
-        """Which of ``keys`` the model writes after ``opened`` (which ends where a key's opening
-        quote would be): its first tokens, stopped as soon as they tell the keys apart."""
+        """Which of ``keys`` the model writes after ``prompt + lead`` (``lead``: the separator and
+        the key's opening quote): its first tokens, stopped as soon as they tell the keys apart."""
         words = [json.dumps(k, ensure_ascii=False)[1:] for k in keys]  # key text after its opening quote
-        stripped = opened.rstrip(" ")
-        lead = opened[len(stripped):] + '"'
         stops = [lead + p for p in unique_prefixes(words).values()]
         grammar = quoted_choice_grammar(lead, [w[:-1] for w in words], '"')
-        r = await self._request(label, stats, stripped, n_predict=max(map(len, words)) + len(lead) + 2,
+        r = await self._request(label, stats, prompt, n_predict=max(map(len, words)) + len(lead) + 2,
                                 grammar=grammar, id_slot=slot if self.slots == "pinned" else None, stop=stops)
         text = (r.content + r.stopping_word)[len(lead):]
         found = [k for k, w in zip(keys, words, strict=True) if w.startswith(text) or text.startswith(w)]

@@ -14,9 +14,11 @@ from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_call
 from agentrt.decoding._grammar import (
     OBJECT_CLOSE,
     VALUE_END,
+    choice_grammar,
     name_grammar,
     optional_tail_grammar,
     outline_grammar,
+    unique_prefixes,
     value_grammar,
 )
 from agentrt.errors import DecodingError
@@ -111,52 +113,128 @@ async def test_required_arguments_decode_in_parallel_branches_that_overlap() -> 
     assert result.mode == "parallel" and not result.fallback
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == [("trip.plan", trip)]
     branches = {b.label: b for b in result.stats.branches}
-    # one request decided the call and its first argument; the other two decode at once; one more
-    # request (a token) decided that no other call follows
-    assert set(branches) == {"call#0", "arg:to#0", "arg:date#0", "call#1"}
-    to, date = branches["arg:to#0"], branches["arg:date#0"]
-    assert to.started < date.ended and date.started < to.ended, "argument branches did not overlap"
+    # the name, then the three arguments at once, then one token: no other call follows
+    assert set(branches) == {"name#0", "arg:origin#0", "arg:to#0", "arg:date#0", "more#1"}
+    args = [branches[f"arg:{k}#0"] for k in trip]
+    assert max(b.started for b in args) < min(b.ended for b in args), "argument branches did not overlap"
     # the skeleton is not decoded: each value branch continues the prefix up to its own key
     prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert any(p.endswith('"calls": [\n    {"name": "trip.plan", "arguments": {"origin": "Oslo", "to":')
-               for p in prompts)
-    assert any(p.endswith('"arguments": {"origin": "Oslo", "date":') for p in prompts)
-    # the first step admits each tool with its own first argument's schema
-    first = completions(script)[0]["body"]["grammar"]
-    assert re.search(r'c\d: "weather.get" .*\\"city\\": " %json \{"type": "string"\}', first)
-    assert re.search(r'c\d: "trip.plan" .*\\"origin\\": " %json \{"type": "string"\}', first)
-    # each branch carries its own schema, without annotations
-    grammars = [e["body"].get("grammar", "") for e in completions(script)]
-    assert not any("city name" in g for g in grammars)
-    assert result.stats.requests == len(completions(script)) == 4
-    # scalar values stop at the newline that ends them (no indentation decoded)
-    assert all(e["body"].get("stop") == ["\n"] for e in completions(script) if e["body"]["prompt"].endswith(('"to":', '"date":')))
+    for key in trip:
+        assert any(p.endswith('"calls": [\n    {"name": "trip.plan", "arguments": {' + f'"{key}":') for p in prompts)
+    # each branch carries its own schema, without annotations, and stops at the newline after its value
+    values = [e["body"] for e in completions(script) if e["body"]["prompt"].endswith(('"origin":', '"to":', '"date":'))]
+    assert len(values) == 3 and all(b["stop"] == ["\n"] and '%json {"type": "string"}' in b["grammar"] for b in values)
+    assert not any("city name" in e["body"].get("grammar", "") for e in completions(script))
+    assert result.stats.requests == len(completions(script)) == 5
 
 
-async def test_pinned_slots_send_every_request_of_a_call_to_the_name_slot() -> None:
+async def test_on_a_pinned_slot_each_argument_continues_the_pairs_before_it() -> None:
+    trip = {"origin": "Oslo", "to": "Paris", "date": "2026-12-01"}
+    script = Script(calls=[("trip.plan", trip)], required=REQUIRED, delay=0.05)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [TRIP]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert json.loads(result.calls[0].arguments) == trip
+    values = [e for e in completions(script) if re.search(r'"\w+":$', e["body"]["prompt"])]
+    assert [e["body"]["prompt"].split('"arguments": ')[-1] for e in values] == [
+        '{\n        "origin":', '{\n        "origin": "Oslo",\n        "to":',
+        '{\n        "origin": "Oslo",\n        "to": "Paris",\n        "date":']
+    # they queue on one slot anyway: issued one after another, no overlap, the slot of the first
+    assert all(a["ended"] <= b["started"] for a, b in zip(values, values[1:]))
+    assert "id_slot" not in values[0]["body"] and all(e["body"]["id_slot"] == 0 for e in values[1:])
+
+
+async def test_the_skeleton_is_written_never_decoded() -> None:
+    script = Script(calls=[("trip.plan", {"origin": "Oslo", "to": "Rome", "date": "d"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    name = next(e for e in completions(script) if e["body"]["prompt"].endswith('"name":'))
+    # the name: its first tokens only, stopped as soon as they tell the tools apart (at the quote,
+    # so a stop string cannot match inside another name)
+    assert sorted(name["body"]["stop"]) == [' "t', ' "w'] and name["answer"]["content"] == ""
+    assert name["body"]["grammar"].splitlines()[1] == 'start: " \\"" ("weather.get" | "trip.plan") "\\""'
+    # no request decodes a key, a brace or the text between a name and its arguments
+    for e in completions(script):
+        body = e["body"]
+        assert body["n_predict"] == 1 or body.get("stop"), body  # a choice (one token) or stopped early
+        assert '\\"arguments\\"' not in body.get("grammar", "") and '\\"origin\\"' not in body.get("grammar", "")
+    assert [b.label for b in result.stats.branches] == ["name#0", "arg:origin#0", "arg:to#0", "arg:date#0", "more#1"]
+    # with one tool the name is written: no request
+    one = Script(calls=[("trip.plan", {"origin": "Oslo", "to": "Rome", "date": "d"})], required=REQUIRED)
+    with FakeServer(one) as server:
+        async with ParallelCallDecoder(server.base_url, [TRIP]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [b.label for b in result.stats.branches] == ["arg:origin#0", "arg:to#0", "arg:date#0", "more#1"]
+
+
+async def test_another_call_is_one_token_chosen_at_the_calls_last_word() -> None:
     script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
     with FakeServer(script) as server:
         async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
-            await decoder.decode_turn(ASK)
-    bodies = [e["body"] for e in completions(script)]
-    assert "id_slot" not in bodies[0]  # the name request picks the slot ...
-    assert all(b.get("id_slot") == 0 for b in bodies[1:])  # ... every later one is pinned to it
+            result = await decoder.decode_turn(ASK)
+    assert len(result.calls) == 1
+    more = next(e["body"] for e in completions(script) if e["body"]["n_predict"] == 1
+                and "name" in e["body"]["grammar"])
+    # the prompt stops before the call's closing " }": the model writes it merged with what follows
+    # (" }\n" or " },\n"); both choices are admitted as the whole text the model writes there
+    assert more["prompt"].endswith('"unit": "celsius"\n      }\n   ')
+    assert more["grammar"].splitlines()[1] == (
+        'start: " }\\n  ]\\n}" | " },\\n    {\\n      \\"name\\": \\""')
+    # the template's own syntax: end of generation after </tool_call>, or another <tool_call>
+    script = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"}),
+                           ("weather.get", {"city": "Rome", "unit": "celsius"})], required=REQUIRED)
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [WEATHER], framing="template") as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert [json.loads(c.arguments)["city"] for c in result.calls] == ["Paris", "Rome"]
+    last = [e["body"] for e in completions(script) if e["body"]["n_predict"] == 1][-2:]
+    # "</tool_call>" begins both choices: one more token (the end of generation) tells them apart
+    assert last[0]["prompt"].endswith('"unit": "celsius"}\n') and "</tool_call>" in last[0]["grammar"]
+    assert last[1]["prompt"].endswith("</tool_call>") and last[1]["grammar"].splitlines()[1].endswith(")?")
 
 
-async def test_optional_arguments_absent_cost_one_step_and_present_ones_are_decoded() -> None:
+def test_choice_grammar_admits_each_whole_text_and_the_end() -> None:
+    assert choice_grammar(["a b", ",\n"]).splitlines()[1] == 'start: "a b" | ",\\n"'
+    assert choice_grammar(["", "\n<c>"]).splitlines()[1] == 'start: ("\\n<c>")?'
+    assert unique_prefixes(['kin.calc_d"', 'kin.calc_f"', 'x"']) == {'kin.calc_d"': "kin.calc_d",
+                                                                     'kin.calc_f"': "kin.calc_f", 'x"': "x"}
+    assert unique_prefixes(['gcd"', 'gcd_ext"']) == {'gcd"': 'gcd"', 'gcd_ext"': "gcd_"}
+
+
+async def test_optional_arguments_absent_cost_one_token_and_present_ones_are_decoded() -> None:
     absent = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
     present = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius", "days": 3})], required=REQUIRED)
     out = []
     for script in (absent, present):
         with FakeServer(script) as server:
-            async with ParallelCallDecoder(server.base_url, [WEATHER], framing="json_lines") as decoder:
-                out.append(json.loads((await decoder.decode(ASK))[0].arguments))
-        # the last required branch (unit) also decides the optional ones: no extra request
-        tail = [e for e in completions(script) if "t0" in e["body"].get("grammar", "")]
-        assert len(tail) == 1 and tail[0]["body"]["prompt"].endswith('"arguments": {"city": "Paris", "unit":')
-        assert '%json {"type": "string", "enum": ["celsius", "fahrenheit"]}' in tail[0]["body"]["grammar"]
-        assert len(completions(script)) == 3  # (name, city), unit (+ optional tail), no other call
+            async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+                result = await decoder.decode_turn(ASK)
+        out.append(json.loads(result.calls[0].arguments))
+        # after the required pairs, one token: the object closes, or a pair follows
+        choice = next(e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"unit": "celsius"'))
+        assert choice["n_predict"] == 1
+        assert choice["grammar"].splitlines()[1] == 'start: "\\n      }" | ",\\n        \\""'
+        labels = [b.label for b in result.stats.branches]
+        assert labels == ["arg:city#0", "arg:unit#0", "optional#0"] + (["arg:days#0"] if out[-1].get("days") else []) + ["more#1"]
     assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
+
+
+async def test_several_optional_arguments_the_key_is_chosen_by_its_first_tokens() -> None:
+    spec = {"name": "find", "description": "search", "parameters": {"type": "object", "properties": {
+        "q": {"type": "string"}, "limit": {"type": "integer"}, "lang": {"type": "string"}},
+        "required": ["q"]}}
+    script = Script(calls=[("find", {"q": "x", "lang": "en"})], required={"find": ["q"]})
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [spec]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert json.loads(result.calls[0].arguments) == {"q": "x", "lang": "en"}
+    key = next(e["body"] for e in completions(script) if "lang" in e["body"].get("grammar", "")
+               and e["body"]["n_predict"] > 1)
+    assert key["prompt"].endswith('"q": "x"') and sorted(key["stop"]) == [
+        ',\n        "la', ',\n        "li']
+    assert [b.label for b in result.stats.branches] == ["arg:q#0", "optional#0", "key#0.0", "arg:lang#0",
+                                                        "optional#0.1", "more#1"]
 
 
 async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
