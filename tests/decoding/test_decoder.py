@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import re
 
 import pytest
-from pydantic import BaseModel
 from _fake_llamacpp import FakeServer, Script, render
+from pydantic import BaseModel
 
 from agentrt.decoding import ParallelCallDecoder, derive_call_syntax, parse_calls_text
 from agentrt.decoding._grammar import (
@@ -140,7 +141,7 @@ async def test_on_a_pinned_slot_each_argument_continues_the_pairs_before_it() ->
         '{\n        "origin":', '{\n        "origin": "Oslo",\n        "to":',
         '{\n        "origin": "Oslo",\n        "to": "Paris",\n        "date":']
     # they queue on one slot anyway: issued one after another, no overlap, the slot of the first
-    assert all(a["ended"] <= b["started"] for a, b in zip(values, values[1:]))
+    assert all(a["ended"] <= b["started"] for a, b in itertools.pairwise(values))
     assert "id_slot" not in values[0]["body"] and all(e["body"]["id_slot"] == 0 for e in values[1:])
 
 
@@ -190,7 +191,7 @@ async def test_another_call_is_one_token_chosen_at_the_calls_last_word() -> None
     assert [json.loads(c.arguments)["city"] for c in result.calls] == ["Paris", "Rome"]
     last = [e["body"] for e in completions(script) if e["body"]["n_predict"] == 1][-2:]
     # "</tool_call>" begins both choices: one more token (the end of generation) tells them apart
-    assert last[0]["prompt"].endswith('"unit": "celsius"}\n') and "</tool_call>" in last[0]["grammar"]
+    assert last[0]["prompt"].endswith('"unit": "celsius"}}\n') and "</tool_call>" in last[0]["grammar"]
     assert last[1]["prompt"].endswith("</tool_call>") and last[1]["grammar"].splitlines()[1].endswith(")?")
 
 
@@ -246,7 +247,7 @@ async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
             calls = await decoder.decode([{"role": "user", "content": "describe"}])
     assert calls[0].name == "geo.place"
     assert json.loads(calls[0].arguments) == args
-    grammar = completions(script)[0]["body"]["grammar"]  # the outline decodes "where", the first argument
+    grammar = next(e["body"]["grammar"] for e in completions(script) if e["body"]["prompt"].endswith('"where":'))
     assert '"required": ["lat", "lon"]' in grammar and '"items": {"type": "string"}' in grammar
 
 
@@ -260,10 +261,11 @@ async def test_several_calls_in_one_turn_every_argument_of_every_call_at_once() 
             result = await decoder.decode_turn(ASK)
     assert [json.loads(c.arguments) for c in result.calls] == [
         {"city": "Paris", "unit": "celsius"}, {"city": "Rome", "unit": "fahrenheit", "days": 2}]
-    # one outline step decided both calls and their cities; then both units at once
+    # one outline step decided both calls and their cities; then both units at once, then per call
+    # one token for the optional arguments and (call 2) the value of "days"
     outline = [e for e in completions(script) if e["body"]["prompt"].endswith('{"name": "')]
-    assert len(outline) == 1 and len(completions(script)) == 3
-    args = [b for b in result.stats.branches if b.label.startswith("arg:")]
+    assert len(outline) == 1 and len(completions(script)) == 6
+    args = [b for b in result.stats.branches if b.label.startswith("arg:unit")]
     assert len(args) == 2 and max(b.started for b in args) < min(b.ended for b in args), "branches did not overlap"
     # call 2's branches know they are call 2: call 1 is written before them as the outline wrote it
     second = next(e["body"]["prompt"] for e in completions(script) if e["body"]["prompt"].endswith('"unit":')
@@ -279,19 +281,47 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
         async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], framing="json_lines") as decoder:
             result = await decoder.decode_turn(ASK)
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == list(script.calls)
-    assert [b.label for b in result.stats.branches if b.label.startswith("call#")] == ["call#0", "call#1", "call#2"]
-    # the step that decides call 2 sees call 1 in full, in the JSON framing the model splits calls in
-    second = next(e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"unit": "celsius"}}'))
+    assert [b.label for b in result.stats.branches] == [
+        "name#0", "arg:city#0", "arg:unit#0", "optional#0", "more#1",
+        "name#1", "arg:origin#1", "arg:to#1", "arg:date#1", "more#2"]
+    # the name of call 2 is decided after call 1 in full, in the JSON framing the model splits calls in
+    second = [e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"name":')][1]
     assert second["prompt"].split("<|im_start|>assistant\n")[-1] == (
-        '{\n  "calls": [\n    {"name": "weather.get", "arguments": {"city": "Paris", "unit": "celsius"}}')
-    # the end of the turn is decided by its first character only
-    assert second["grammar"].splitlines()[1].startswith('start: "\\n" | ",\\n    {\\"name\\": \\"" c')
+        '{\n  "calls": [\n    {"name": "weather.get", "arguments": {"city": "Paris", "unit": "celsius"}},\n'
+        '    {"name":')
     # a turn never has more than max_calls calls: the last step is not even asked
     with FakeServer(Script(calls=script.calls, required=REQUIRED)) as server:
         async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP], max_calls=1) as decoder:
             result = await decoder.decode_turn(ASK)
     assert [c.name for c in result.calls] == ["weather.get"]
-    assert not any(b.label == "call#1" for b in result.stats.branches)
+    assert not any(b.label.startswith(("more#", "name#1")) for b in result.stats.branches)
+
+
+async def test_earlier_calls_are_written_with_their_values_as_the_model_wrote_them() -> None:
+    pts = {"name": "dist", "description": "distance", "parameters": {"type": "object", "properties": {
+        "a": {"type": "array", "items": {"type": "integer"}}, "b": {"type": "array", "items": {"type": "integer"}}},
+        "required": ["a", "b"]}}
+    script = Script(calls=[("dist", {"a": [3, 4], "b": [1, 2]}), ("dist", {"a": [5, 6], "b": [7, 8]})],
+                    required={"dist": ["a", "b"]})
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [pts]) as decoder:
+            calls = await decoder.decode(ASK)
+    assert [json.loads(c.arguments) for c in calls] == [c[1] for c in script.calls]
+    last = completions(script)[-1]["body"]["prompt"]
+    # arrays on one line as the model writes them in pretty-printed calls, not split with the
+    # object's separators ("[3,\n        4]")
+    assert '"a": [3, 4],\n        "b": [1, 2]\n      }\n    },' in last
+
+
+async def test_a_value_written_over_several_lines_is_decoded_again_whole() -> None:
+    script = Script(calls=[("geo.place", {"where": {"lat": 1, "lon": 2}, "note": "n"})], required=REQUIRED,
+                    multiline_key="where")
+    with FakeServer(script) as server:
+        async with ParallelCallDecoder(server.base_url, [PLACE]) as decoder:
+            result = await decoder.decode_turn(ASK)
+    assert json.loads(result.calls[0].arguments) == {"where": {"lat": 1, "lon": 2}, "note": "n"}
+    where = [e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"where":')]
+    assert [b.get("stop") for b in where] == [["\n"], None]  # cut at its first newline, then whole
 
 
 async def test_default_framing_is_the_pretty_printed_calls_object() -> None:
@@ -343,7 +373,7 @@ async def test_outline_is_one_request_bounded_by_max_calls() -> None:
 async def test_unknown_tool_name_is_an_error_never_a_call() -> None:
     script = Script(calls=[("email.send", {"to": "x"})], required=REQUIRED)
     with FakeServer(script) as server:
-        async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
+        async with ParallelCallDecoder(server.base_url, [WEATHER, TRIP]) as decoder:
             with pytest.raises(DecodingError, match="no known tool name"):
                 await decoder.decode(ASK)
 
@@ -392,8 +422,9 @@ async def test_decode_arguments_for_a_known_tool_with_partial_arguments() -> Non
             args, stats = await decoder.decode_arguments("weather.get", ASK, partial={"city": "Paris"})
     assert args == {"city": "Paris", "unit": "celsius"}
     branch_prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert len(branch_prompts) == 1 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
-    assert stats.requests == 1  # the unit branch, which also decides the optional "days"
+    assert len(branch_prompts) == 2 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
+    # the unit branch, then one token deciding that the optional "days" is absent
+    assert branch_prompts[1].endswith('"unit": "celsius"') and stats.requests == 2
 
 
 def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:
@@ -423,24 +454,24 @@ async def test_auto_slots_pin_nothing() -> None:
         with pytest.raises(ValueError, match="slots must be"):
             ParallelCallDecoder(server.base_url, [WEATHER], slots="anywhere")  # type: ignore[arg-type]
     assert json.loads(calls[0].arguments)["days"] == 2
-    assert len(completions(script)) == 3 and all("id_slot" not in e["body"] for e in completions(script))
+    # city and unit, the optional choice, days, the another-call choice
+    assert len(completions(script)) == 5 and all("id_slot" not in e["body"] for e in completions(script))
 
 
-async def test_a_one_argument_call_is_decoded_whole_in_its_step_and_a_repeat_ends_the_turn() -> None:
+async def test_a_call_repeating_an_earlier_one_ends_the_turn() -> None:
     fact = {"name": "math.factorial", "description": "n!", "parameters": {
         "type": "object", "properties": {"number": {"type": "integer"}, "exact": {"type": "boolean"}},
         "required": ["number"]}}
     script = Script(calls=[("math.factorial", {"number": 5}), ("math.factorial", {"number": 10, "exact": True}),
-                           ("math.factorial", {"number": 10, "exact": True})], required={"math.factorial": ["number"]})
+                           ("math.factorial", {"number": 10, "exact": True}), ("math.factorial", {"number": 1})],
+                    required={"math.factorial": ["number"]})
     with FakeServer(script) as server:
         async with ParallelCallDecoder(server.base_url, [fact]) as decoder:
             result = await decoder.decode_turn(ASK)
+    # call 3 repeats call 2 (greedy decoding looping): dropped, and the turn ends there
     assert [json.loads(c.arguments) for c in result.calls] == [{"number": 5}, {"number": 10, "exact": True}]
-    # one request per call: the required argument and the optional tail (absent, then present) in
-    # the call's own step; call 3 repeats call 2 and is dropped, the turn ends there
-    assert [b.label for b in result.stats.branches] == ["call#0", "call#1", "call#2"]
-    grammar = completions(script)[0]["body"]["grammar"]
-    assert '"\\"exact\\": " o0v0' in grammar and 'o0v0: %json {"type": "boolean"}' in grammar
+    assert result.stats.branches[-1].label == "arg:exact#2"
+    assert not any(b.label.startswith("more#3") for b in result.stats.branches)
 
 
 async def test_decode_calls_for_the_planner_returns_validated_calls_or_a_clear_error() -> None:
