@@ -5,30 +5,35 @@ arguments weakly dependent, so only the name and the values need decoding, the v
 
 1. The server's chat template renders the messages and tools (``/apply-template``); the text it
    writes around a call is learned from a probe rendering (`derive_call_syntax`).
-2. Calls (default ``context="incremental"``): per call, one request continues the turn after the
-   earlier calls (written in full) under a grammar admitting the end of the turn or another call:
-   a tool name (an enum of exact strings, dots allowed) and that tool's first required argument
-   under its JSON Schema. The turn is written as the pretty-printed JSON object ``{"calls": [...]}``
-   (`JSON_CALLS`) rather than in the template's own syntax: there, the 1.5B model merges "Taylor
-   Swift and Maroon 5" into one call; here it makes two (seen on BFCL here; see ``framing``).
-   ``context="skeleton"`` decides every call's name and first argument in ONE outline request
-   (`outline_grammar`, the rest elided as ``...``), then decodes every other argument of every
-   call at once. Deciding the count in one step did not work on Qwen2.5-Coder-1.5B: with the
-   arguments elided it repeated the same call up to the cap (8 calls for a 2-call question) in the
-   template syntax and stopped after one call in JSON (seen here, greedy).
-3. Skeleton: ``after_name + "{" + first pair + '"key":'`` is written by us, never decoded.
-4. Remaining required arguments of the call: one branch per argument, all issued at once, each
-   continuing ``prompt + earlier calls + this call so far + '"key":'`` under that
-   argument's JSON Schema (``%json``), each ending at its own value (the grammar stops it one
-   delimiter after the value). With ``context="skeleton"`` the branches of all calls run at once,
-   call i's after calls 0..i-1 as the outline wrote them, so each knows which call it is.
-5. Optional arguments: the last required branch continues past its value; its first token after
-   the value is ``}`` (none present) or the start of an optional pair, so absence costs one token
-   and no request; present ones are decoded there, each under its schema. A call with optional
-   arguments only has one request for them.
+2. Calls (default ``context="incremental"``): one after another, each after the earlier calls
+   written in full, in the pretty-printed JSON object ``{"calls": [...]}`` (`JSON_CALLS`, the
+   framing the model splits several requested calls in; see ``framing``). After a call, ONE
+   token decides whether another follows (`_choose`, ``n_predict=1``): the prompt stops before
+   the call's last word (`` }``) and the grammar admits the two whole texts the model writes
+   there (`` }\n  ]\n}``, end of the calls, or `` },\n    {...``). Where the prompt ended in
+   `` }`` and only ``"\n"`` was admitted for the end, the model's own tokens (`` }\n``) were
+   impossible and it chose ``,``: 3 of 7 one-call BFCL "multiple" turns went on calling (seen
+   here); at the last word it stops where the constrained baseline stops. A call identical to
+   an earlier one ends the turn (``dedupe``).
+3. The name: written when there is one tool; else decoded under an enum of the names after
+   their opening quote and stopped (stop strings) as soon as its first tokens tell the tools
+   apart (`unique_prefixes`), the rest of it written. Skeleton - keys, braces, indentation, the
+   text between the name and the arguments - is written by us, never decoded.
+4. Required arguments: one branch per argument, each continuing ``prompt + earlier calls + this
+   call so far + '"key":'`` under that argument's JSON Schema (``%json``), stopped at the newline
+   that ends its pair (a value and one delimiter token decoded). On a server slot that runs one
+   request at a time (``slots="pinned"``, the local engine) the branches would only queue there,
+   so each is issued after the one before and sees the pairs decoded so far (same cost; alone, a
+   ``side2`` branch took ``side1``'s value, BFCL multiple_1); with ``slots="spread"``/``"auto"``
+   (several slots, or a GPU server batching them) they all go at once (``arguments``). With
+   ``context="skeleton"`` one outline request decides every call's name and first argument
+   (`outline_grammar`, the rest elided) and the branches of all calls run at once.
+5. Optional arguments: after the required ones, one token decides between closing the object
+   and another pair; for a pair, its key (first tokens, when several remain), then its value.
+   Absent ones cost one request of one token.
 6. The object is assembled and validated (`Tool.validate_args`, or the JSON Schema); a failed
-   branch raises `DecodingError` naming the argument - never a malformed call. A call identical to
-   an earlier one of the turn is dropped (``dedupe``).
+   branch raises `DecodingError` naming the argument - never a malformed call. Earlier calls
+   are written into later prompts with their values as the model wrote them (``[3, 4]``).
 
 Prefix reuse (measured here on llama.cpp b-2026 via xllamacpp, 4 slots, ``cache_prompt``): a
 slot reuses only its own KV cache, so a branch on another slot re-evaluates the whole prompt
@@ -260,9 +265,9 @@ class ParallelCallDecoder:
             concurrency vs waiting behind other users of a shared server).
         max_calls: most calls decoded in one turn (the names step's grammar admits no more).
         context: how the calls of a turn are decided and what call i's branches see of the calls
-            before it. ``"incremental"`` (default): one request decides whether another call
-            follows, its name and first argument, after the earlier calls written in full; then
-            that call's other arguments decode at once. ``"skeleton"``: one outline request
+            before it. ``"incremental"`` (default): after the earlier calls written in full, one
+            token decides whether another call follows, then its name, then its arguments
+            (see the module doc). ``"skeleton"``: one outline request
             decides every call's name and first argument (the rest elided), then every other
             argument of every call decodes at once, each after the outline of the earlier calls.
             ``"decoded"``: the same outline, then calls one after another, each after the earlier
@@ -279,6 +284,11 @@ class ParallelCallDecoder:
             (parallel_0) or ends after the first (parallel_1, parallel_multiple_0/1); one-line
             JSON ends after the first; ``json_lines`` splits them but then goes on calling (7
             calls for the 1-call multiple_0); pretty-printed JSON made the right calls and ended.
+        arguments: ``"parallel"``: a call's required arguments are decoded all at once, each
+            branch after the call's opening only; ``"sequential"``: one after another, each after
+            the pairs decoded so far; ``"auto"`` (default): sequential with ``slots="pinned"``
+            (one slot runs one request at a time, so branches issued at once only queue there,
+            and a branch that sees the pairs before it knows which argument it is), else parallel.
         max_value_tokens: cap on tokens of one argument value (a value cut there is an error).
         model_name: the OpenAI ``model`` field when ``model`` is a URL (for the fallback path).
         timeout: seconds one request may take, queueing included: llama.cpp answers a
@@ -365,11 +375,12 @@ class ParallelCallDecoder:
         call is made; whether the turn should answer in text instead is the caller's decision.
 
         Cost (parallel mode, ``slots="pinned"``, default ``context="incremental"``): one
-        ``/apply-template`` request (plus two once per decoder, probing the template); per call,
-        one request for its name and first argument (which also decided that the call exists),
-        then one per other required argument (the last of which also decides the optional ones;
-        a call with optional arguments only: one request for them); and one last request (1-2
-        tokens) that ends the turn, unless ``max_calls`` calls were made. Only the first request
+        ``/apply-template`` request (plus two once per decoder, probing the template); per call:
+        one request for its name (none with one tool; the name's first tokens, ~1-5), one per
+        required argument (its value's tokens + 1), for a tool with optional arguments one
+        1-token request deciding each further pair (+ per present pair: its key's first tokens
+        when several remain, then its value); after each call one 1-token request deciding
+        whether another follows (none once ``max_calls`` calls were made). Only the first request
         evaluates the whole prompt (unless its slot already holds a prefix of it); every later one
         evaluates only its text after the point where it departs from what the slot holds
         (typically 3-30 tokens; see ``stats.branches[].prompt_n``), as long as no other client
@@ -868,12 +879,12 @@ async def decode_calls(model: OpenAIChatModel | str, messages: Sequence[dict[str
 
     Cost (parallel mode, defaults; see `ParallelCallDecoder.decode_turn`): HTTP requests =
     1 ``/apply-template`` + 2 template probes (once per decoder, so once per `decode_calls`) +
-    per call 1 (name and first argument) + 1 per other required argument + 1 to end the turn
-    (none when ``max_calls`` calls were made); a call with optional arguments only: +1. Prompt
-    tokens evaluated: the templated prompt once (the first request; fewer when the slot already
-    holds a prefix of it), then per request only the text after where it departs from its slot's
-    cache (~3-30 tokens). Tokens decoded: per call its name, first value and the JSON between
-    them (~10-25), each other value with one delimiter (~2-8), the optional tail's ``}`` (1).
+    per call: 1 for the name (0 with one tool) + 1 per required argument + 1 deciding the
+    optional arguments (tools that have some) + 2-3 per optional argument present + 1 deciding
+    whether another call follows. Prompt tokens evaluated: the templated prompt once (the first
+    request; fewer when the slot already holds a prefix of it), then per request only the text
+    after where it departs from its slot's cache (~2-30 tokens). Tokens decoded: per call the
+    name's first tokens (0-5), each value with one delimiter (value tokens + 1), 1 per choice.
     Measured on BFCL here: see ``results/bfcl.json`` (``requests_per_example``,
     ``prompt_tokens_evaluated_per_argument_branch``).
 
