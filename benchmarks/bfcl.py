@@ -17,8 +17,10 @@ so that none always finds a cold or a warm prompt cache:
 
 * ``standard``: the model writes the whole call (OpenAI ``tools``; ``<tool_call>`` text parsed);
 * ``constrained``: the whole answer constrained by a JSON Schema of the calls;
-* ``parallel``: `agentrt.decoding.ParallelCallDecoder` (slots pinned; one outline request decides
-  the calls, their names and first arguments, then every other argument of every call is a branch).
+* ``parallel``: `agentrt.decoding.ParallelCallDecoder` (slots pinned, ``context="incremental"``:
+  per call a 1-token another-call choice, the name's first tokens, each argument value in its own
+  request under its schema, the skeleton written; each row lists its requests (``branches``:
+  label, prompt tokens evaluated/cached, tokens decoded, the text decoded, seconds).
 
 Reported per system and category: accuracy; latency p50/p90 per example (one assistant turn) and
 per call; tokens decoded per call; prompt tokens evaluated (not served from the cache) per example;
@@ -185,7 +187,8 @@ async def _run_system(system: str, model: Any, ex: dict[str, Any], slots: str = 
             row.update(tokens=result.stats.tokens_decoded, prompt_evaluated=result.stats.prompt_tokens_evaluated,
                        requests=result.stats.requests, mode=result.mode,
                        branches=[{"label": b.label, "prompt_n": b.prompt_n, "cache_n": b.cache_n,
-                                  "tokens": b.tokens, "slot": b.slot} for b in result.stats.branches])
+                                  "tokens": b.tokens, "slot": b.slot, "text": b.text,
+                                  "seconds": round(b.ended - b.started, 3)} for b in result.stats.branches])
         else:
             fn = decode_standard if system == "standard" else decode_constrained
             result = await fn(model, ex["messages"], ex["functions"], max_tokens=BASELINE_MAX_TOKENS)
