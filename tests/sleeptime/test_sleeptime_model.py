@@ -85,3 +85,20 @@ async def test_agent_serves_a_predicted_question_learned_on_the_local_model(tmp_
         assert res.answer == (predicted[0].meta or {})["answer"]
     finally:
         store.close()
+
+
+async def test_the_local_model_verifies_a_paraphrase_and_rejects_a_different_question(endpoint):
+    """The check that serves a precomputed answer below the cosine threshold, on the real model:
+    the paraphrase of Stateful GSM8K problem 0's question is accepted, a question about another
+    quantity of the same text (cosine 0.86 with MiniLM for such pairs) is not."""
+    from agentrt.llm import OpenAIChatModel
+    from agentrt.sleeptime import Match, verify_match
+
+    base_url, name = endpoint
+    m = Match("How much does Janet make daily from selling eggs?", "18", 0.72, 0.95, "gsm0", 1,
+              work="16 - 3 - 4 = 9 eggs sold a day, 9 x $2 = $18")
+    async with OpenAIChatModel(base_url, name, timeout=300) as model:
+        ok, usage = await verify_match(model, "How much in dollars does she make every day at the farmers' market?", m)
+        assert ok and usage.output_tokens <= 4 and usage.input_tokens < 400
+        ok, _ = await verify_match(model, "How many eggs does Janet eat for breakfast every morning?", m)
+        assert not ok
