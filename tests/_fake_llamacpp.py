@@ -186,7 +186,9 @@ class _Handler(JsonHandler):
             value = json.dumps(args[key], ensure_ascii=False)
             if key == s.multiline_key and stops:  # written over several lines: cut at the first newline
                 value = json.dumps(args[key], ensure_ascii=False, indent=2)
-            content, stop = _emit(" " + value + ",\n", stops)
+            written = set(re.findall(r'"([^"]+)":', prompt[prompt.rfind('"arguments":') + len('"arguments":'):]))
+            more = any(k not in written for k in args)  # the model goes on with another pair, or closes
+            content, stop = _emit(" " + value + ("," if more else "") + "\n", stops)
             if key == s.truncate_key:
                 content, stop = " " + value[: len(value) // 2], "limit"
         else:  # which optional argument: its key after the separator

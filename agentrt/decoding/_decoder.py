@@ -699,6 +699,7 @@ class ParallelCallDecoder:
         texts: dict[str, str] = {}
         errors: dict[str, BaseException] = {}
         slots: list[int] = []
+        ends: dict[str, str] = {}  # what each branch wrote after its value (its delimiter)
         branch_slot = slot if self.slots == "pinned" else None
 
         async def branch(key: str) -> None:
@@ -707,6 +708,7 @@ class ParallelCallDecoder:
                     f"arg:{key}{tag}", stats, open_ + json.dumps(key, ensure_ascii=False) + key_sep,
                     spec.value_schema(key), lead, branch_slot)
                 slots.append(r.id_slot)
+                ends[key] = r.content.lstrip()[len(texts[key]):].strip()
             except Exception as exc:  # noqa: BLE001 - collected: every failing branch is named in one error
                 errors[key] = exc
 
@@ -734,8 +736,13 @@ class ParallelCallDecoder:
             slot = slots[0]
         args = {**partial, **{k: values[k] for k in required if k in values}}
         if rest:
+            # sequential branches: the last one saw every pair before it, so the delimiter it wrote
+            # is the model's choice between another pair ("," - an optional one) and the close
+            first = None
+            if self._sequential_arguments() and todo:
+                first = 1 if ends.get(todo[-1], "").startswith(",") else 0
             args, more_texts = await self._decode_optional(spec, call_prefix, args, texts, rest, slot, stats,
-                                                           tag, syntax)
+                                                           tag, syntax, first)
             texts.update(more_texts)
         spec.validate(args)
         return args, texts, slot
@@ -774,12 +781,14 @@ class ParallelCallDecoder:
 
     async def _decode_optional(self, spec: _Spec, call_prefix: str, args: dict[str, Any], texts: dict[str, str],
                                rest: list[str], slot: int | None, stats: DecodeStats, tag: str, syntax: CallSyntax,
-                               ) -> tuple[dict[str, Any], dict[str, str]]:
+                               first: int | None = None) -> tuple[dict[str, Any], dict[str, str]]:
         """The optional arguments after the required ones, written as the model writes them: one
         token decides whether the object closes or another pair follows (`_choose`); then, with
         more than one candidate, the key (its first tokens, `_choose_key`), then its value
         (`_value`); again until the object closes or no optional argument is left. Absent ones
-        cost one request of one token. Returns (arguments, texts of the decoded values)."""
+        cost one request of one token; none when ``first`` gives the first choice (0: close, 1: a
+        pair), as the delimiter after the last required value does. Returns (arguments, texts of
+        the decoded values)."""
         args = dict(args)
         new_texts: dict[str, str] = {}
         key_sep = syntax.key_sep.rstrip()
@@ -795,8 +804,11 @@ class ParallelCallDecoder:
                 prompt = call_prefix.rstrip(" ")
                 ws = call_prefix[len(prompt):]
                 options = [ws + "{}", ws + syntax.args_open + '"']
-            choice, _ = await self._choose(f"optional{tag}" + (f".{n}" if n else ""), stats, prompt, options,
-                                           slot if self.slots == "pinned" else None)
+            if n == 0 and first is not None:
+                choice = first  # decided by the delimiter the last required branch wrote
+            else:
+                choice, _ = await self._choose(f"optional{tag}" + (f".{n}" if n else ""), stats, prompt, options,
+                                               slot if self.slots == "pinned" else None)
             if choice == 0:
                 break
             opened = prompt + options[1][:-1]  # the separator written, up to the key's opening quote

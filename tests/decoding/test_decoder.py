@@ -203,22 +203,31 @@ def test_choice_grammar_admits_each_whole_text_and_the_end() -> None:
     assert unique_prefixes(['gcd"', 'gcd_ext"']) == {'gcd"': 'gcd"', 'gcd_ext"': "gcd_"}
 
 
-async def test_optional_arguments_absent_cost_one_token_and_present_ones_are_decoded() -> None:
-    absent = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius"})], required=REQUIRED)
-    present = Script(calls=[("weather.get", {"city": "Paris", "unit": "celsius", "days": 3})], required=REQUIRED)
-    out = []
-    for script in (absent, present):
-        with FakeServer(script) as server:
-            async with ParallelCallDecoder(server.base_url, [WEATHER]) as decoder:
-                result = await decoder.decode_turn(ASK)
-        out.append(json.loads(result.calls[0].arguments))
-        # after the required pairs, one token: the object closes, or a pair follows
-        choice = next(e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"unit": "celsius"'))
-        assert choice["n_predict"] == 1
-        assert choice["grammar"].splitlines()[1] == 'start: "\\n      }" | ",\\n        \\""'
-        labels = [b.label for b in result.stats.branches]
-        assert labels == ["arg:city#0", "arg:unit#0", "optional#0"] + (["arg:days#0"] if out[-1].get("days") else []) + ["more#1"]
-    assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
+async def test_optional_arguments_absent_cost_at_most_one_token_and_present_ones_are_decoded() -> None:
+    for slots in ("pinned", "spread"):
+        out = []
+        for days in (None, 3):
+            args = {"city": "Paris", "unit": "celsius", **({"days": days} if days else {})}
+            script = Script(calls=[("weather.get", args)], required=REQUIRED)
+            with FakeServer(script) as server:
+                async with ParallelCallDecoder(server.base_url, [WEATHER], slots=slots) as decoder:  # type: ignore[arg-type]
+                    result = await decoder.decode_turn(ASK)
+            out.append(json.loads(result.calls[0].arguments))
+            labels = [b.label for b in result.stats.branches]
+            present = ["arg:days#0"] if days else []
+            if slots == "pinned":
+                # sequential branches: the last required one saw every pair before it, and the
+                # delimiter it wrote after "celsius" ("," or a newline) is the choice: no request
+                assert labels == ["arg:city#0", "arg:unit#0", *present, "more#1"]
+            else:
+                # parallel branches did not see each other: one token after the required pairs
+                assert sorted(labels[:2]) == ["arg:city#0", "arg:unit#0"]
+                assert labels[2:] == ["optional#0", *present, "more#1"]
+                choice = next(e["body"] for e in completions(script)
+                              if e["body"]["prompt"].endswith('"unit": "celsius"'))
+                assert choice["n_predict"] == 1
+                assert choice["grammar"].splitlines()[1] == 'start: "\\n      }" | ",\\n        \\""'
+        assert out == [{"city": "Paris", "unit": "celsius"}, {"city": "Paris", "unit": "celsius", "days": 3}]
 
 
 async def test_several_optional_arguments_the_key_is_chosen_by_its_first_tokens() -> None:
@@ -234,8 +243,9 @@ async def test_several_optional_arguments_the_key_is_chosen_by_its_first_tokens(
                and e["body"]["n_predict"] > 1)
     assert key["prompt"].endswith('"q": "x"') and sorted(key["stop"]) == [
         ',\n        "la', ',\n        "li']
-    assert [b.label for b in result.stats.branches] == ["arg:q#0", "optional#0", "key#0.0", "arg:lang#0",
-                                                        "optional#0.1", "more#1"]
+    # the delimiter after "x" chose a pair; its key, its value, then one token: no other pair
+    assert [b.label for b in result.stats.branches] == ["arg:q#0", "key#0.0", "arg:lang#0", "optional#0.1",
+                                                        "more#1"]
 
 
 async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
@@ -282,7 +292,7 @@ async def test_incremental_calls_each_decided_after_the_earlier_ones_in_full() -
             result = await decoder.decode_turn(ASK)
     assert [(c.name, json.loads(c.arguments)) for c in result.calls] == list(script.calls)
     assert [b.label for b in result.stats.branches] == [
-        "name#0", "arg:city#0", "arg:unit#0", "optional#0", "more#1",
+        "name#0", "arg:city#0", "arg:unit#0", "more#1",
         "name#1", "arg:origin#1", "arg:to#1", "arg:date#1", "more#2"]
     # the name of call 2 is decided after call 1 in full, in the JSON framing the model splits calls in
     second = [e["body"] for e in completions(script) if e["body"]["prompt"].endswith('"name":')][1]
@@ -422,9 +432,8 @@ async def test_decode_arguments_for_a_known_tool_with_partial_arguments() -> Non
             args, stats = await decoder.decode_arguments("weather.get", ASK, partial={"city": "Paris"})
     assert args == {"city": "Paris", "unit": "celsius"}
     branch_prompts = [e["body"]["prompt"] for e in completions(script)]
-    assert len(branch_prompts) == 2 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
-    # the unit branch, then one token deciding that the optional "days" is absent
-    assert branch_prompts[1].endswith('"unit": "celsius"') and stats.requests == 2
+    assert len(branch_prompts) == 1 and branch_prompts[0].endswith('"arguments": {"city": "Paris", "unit":')
+    assert stats.requests == 1  # the unit branch, whose delimiter also said that "days" is absent
 
 
 def test_parse_calls_text_reads_tool_call_blocks_and_bare_json() -> None:

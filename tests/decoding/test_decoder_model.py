@@ -84,3 +84,57 @@ async def test_real_model_splits_a_two_city_question_into_two_calls(decoding_bas
     later = result.stats.branches[1:]
     reused = [b for b in later if b.cache_n > 4 * b.prompt_n]
     assert len(reused) * 2 >= len(later), [(b.label, b.prompt_n, b.cache_n) for b in later]
+
+
+KINEMATICS = [
+    {"name": "kinematics.calculate_displacement", "description": "Calculate displacement based on initial speed, "
+     "acceleration, and time interval for a motion in a straight line.",
+     "parameters": {"type": "object", "properties": {
+         "initial_speed": {"type": "integer", "description": "The initial speed of the moving object in m/s."},
+         "acceleration": {"type": "integer", "description": "The rate of change of speed, m/s^2."},
+         "time": {"type": "integer", "description": "The time interval during which the acceleration is applied, "
+                  "in seconds."},
+         "rounding": {"type": "integer", "description": "The number of decimals to round off the result "
+                      "(optional).", "default": 2}},
+         "required": ["initial_speed", "acceleration", "time"]}},
+    {"name": "kinematics.calculate_final_speed", "description": "Calculate the final speed of an object that "
+     "starts from an initial speed and then accelerates for a certain duration.",
+     "parameters": {"type": "object", "properties": {
+         "initial_speed": {"type": "float", "description": "The initial speed of the moving object in m/s."},
+         "acceleration": {"type": "float", "description": "The rate of change of speed, m/s^2."},
+         "time": {"type": "float", "description": "The time interval during which the acceleration is applied, "
+                  "in seconds."},
+         "rounding": {"type": "integer", "description": "The number of decimals to round off the result "
+                      "(optional).", "default": 2}},
+         "required": ["initial_speed", "acceleration", "time"]}},
+]
+
+
+async def test_real_model_makes_one_call_for_a_one_call_question_and_values_cost_their_tokens(
+        decoding_base_url: str) -> None:
+    """BFCL multiple_4: one call asked; with the another-call choice made mid-token (a prompt
+    ending in ' }') the model went on with the other tool's call."""
+    import httpx2
+
+    tools = [{**t, "parameters": {**t["parameters"], "properties": {
+        k: {**v, "type": "number" if v["type"] == "float" else v["type"]}
+        for k, v in t["parameters"]["properties"].items()}}} for t in KINEMATICS]
+    async with (OpenAIChatModel(decoding_base_url, "local") as model,
+                ParallelCallDecoder(model, tools) as decoder):
+        result = await decoder.decode_turn([{"role": "user", "content":
+            "Can you calculate the displacement of a car moving at an initial speed of 20 m/s and then "
+            "accelerates at 10 m/s^2 for 5 seconds? (assuming a straight line motion)"}])
+    assert [c.name for c in result.calls] == ["kinematics.calculate_displacement"], result.calls
+    args = json.loads(result.calls[0].arguments)
+    assert (args["initial_speed"], args["acceleration"], args["time"]) == (20, 10, 5)
+    # a value branch decodes its value's tokens and one delimiter token; a choice decodes one token
+    root = decoding_base_url.removesuffix("/v1")
+    async with httpx2.AsyncClient() as http:
+        for b in result.stats.branches:
+            if b.label.startswith("arg:"):
+                key = b.label[4:].split("#")[0]
+                value = " " + json.dumps(args[key])
+                n = len((await http.post(f"{root}/tokenize", json={"content": value})).json()["tokens"])
+                assert b.tokens <= n + 1, (b.label, b.tokens, b.text, n)
+            elif b.label.startswith(("more#", "optional#")):
+                assert b.tokens == 1, (b.label, b.tokens, b.text)
