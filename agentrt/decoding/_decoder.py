@@ -787,8 +787,9 @@ class ParallelCallDecoder:
         more than one candidate, the key (its first tokens, `_choose_key`), then its value
         (`_value`); again until the object closes or no optional argument is left. Absent ones
         cost one request of one token; none when ``first`` gives the first choice (0: close, 1: a
-        pair), as the delimiter after the last required value does. Returns (arguments, texts of
-        the decoded values)."""
+        pair), as the delimiter after the last required value does (sequential branches), and
+        none after an optional value: its delimiter (``,`` or a newline) is the next choice.
+        Returns (arguments, texts of the decoded values)."""
         args = dict(args)
         new_texts: dict[str, str] = {}
         key_sep = syntax.key_sep.rstrip()
@@ -804,8 +805,8 @@ class ParallelCallDecoder:
                 prompt = call_prefix.rstrip(" ")
                 ws = call_prefix[len(prompt):]
                 options = [ws + "{}", ws + syntax.args_open + '"']
-            if n == 0 and first is not None:
-                choice = first  # decided by the delimiter the last required branch wrote
+            if first is not None:
+                choice = first  # decided by the delimiter written after the last value
             else:
                 choice, _ = await self._choose(f"optional{tag}" + (f".{n}" if n else ""), stats, prompt, options,
                                                slot if self.slots == "pinned" else None)
@@ -814,11 +815,13 @@ class ParallelCallDecoder:
             opened = prompt + options[1][:-1]  # the separator written, up to the key's opening quote
             key = rest[0] if len(rest) == 1 else await self._choose_key(f"key{tag}.{n}", stats, prompt,
                                                                         options[1], rest, slot)
-            value, text, _ = await self._value(f"arg:{key}{tag}", stats,
+            value, text, r = await self._value(f"arg:{key}{tag}", stats,
                                                opened + json.dumps(key, ensure_ascii=False) + key_sep,
                                                spec.value_schema(key), lead,
                                                slot if self.slots == "pinned" else None)
             args[key], new_texts[key] = value, text
+            # this value's branch saw every pair before it: its delimiter is the next choice
+            first = 1 if r.content.lstrip()[len(text):].strip().startswith(",") else 0
             rest.remove(key)
             n += 1
         return args, new_texts
@@ -826,8 +829,13 @@ class ParallelCallDecoder:
     async def _choose_key(self, label: str, stats: DecodeStats, prompt: str, lead: str, keys: list[str],
                           slot: int | None) -> str:
         """Which of ``keys`` the model writes after ``prompt + lead`` (``lead``: the separator and
-        the key's opening quote): its first tokens, stopped as soon as they tell the keys apart."""
+        the key's opening quote): its first tokens, stopped as soon as they tell the keys apart.
+        The separator up to its last word is written into the prompt (``,\n       `` of
+        ``,\n        "``: the tokens the model writes there are ``,\n``, 7 spaces, `` "``), so only
+        `` "`` and the key's first tokens are decoded."""
         words = [json.dumps(k, ensure_ascii=False)[1:] for k in keys]  # key text after its opening quote
+        tail = _last_word(lead)
+        prompt, lead = prompt + lead[:len(lead) - len(tail)], tail
         stops = [lead + p for p in unique_prefixes(words).values()]
         grammar = quoted_choice_grammar(lead, [w[:-1] for w in words], '"')
         r = await self._request(label, stats, prompt, n_predict=max(map(len, words)) + len(lead) + 2,

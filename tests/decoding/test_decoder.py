@@ -241,11 +241,10 @@ async def test_several_optional_arguments_the_key_is_chosen_by_its_first_tokens(
     assert json.loads(result.calls[0].arguments) == {"q": "x", "lang": "en"}
     key = next(e["body"] for e in completions(script) if "lang" in e["body"].get("grammar", "")
                and e["body"]["n_predict"] > 1)
-    assert key["prompt"].endswith('"q": "x"') and sorted(key["stop"]) == [
-        ',\n        "la', ',\n        "li']
-    # the delimiter after "x" chose a pair; its key, its value, then one token: no other pair
-    assert [b.label for b in result.stats.branches] == ["arg:q#0", "key#0.0", "arg:lang#0", "optional#0.1",
-                                                        "more#1"]
+    # the separator is written up to its last word: the key's request decodes ' "' and its first tokens
+    assert key["prompt"].endswith('"q": "x",\n       ') and sorted(key["stop"]) == [' "la', ' "li']
+    # the delimiter after "x" chose a pair: its key, its value, whose delimiter closed the object
+    assert [b.label for b in result.stats.branches] == ["arg:q#0", "key#0.0", "arg:lang#0", "more#1"]
 
 
 async def test_nested_objects_arrays_and_hard_strings_round_trip() -> None:
