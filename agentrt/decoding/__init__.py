@@ -1,10 +1,13 @@
 """Parallel function-call decoding (SimpleTool style) at the serving layer.
 
-``ParallelCallDecoder(model, tools).decode(messages) -> list[ToolCall]``: per call, one request
-decides whether the call exists, its function name (constrained to the tool names) and its first
-argument; the JSON skeleton (keys, delimiters) is written without decoding, and every other
-argument value is decoded in its own branch, all at once, each constrained by its argument's JSON
-Schema; the last branch also decides the optional arguments (``}`` when absent). Works against
+``ParallelCallDecoder(model, tools).decode(messages) -> list[ToolCall]``: only what the model must
+choose is decoded - per call, whether it exists (one token, after the first), the function name
+(its first tokens, constrained to the tool names; nothing with one tool) and each argument value
+(constrained by its JSON Schema, its value's tokens and one delimiter); the JSON skeleton (keys,
+delimiters, indentation) is written, never decoded. Argument values decode in parallel branches
+where the server runs them at once (several slots), one after another on a single slot (the local
+engine), each branch sharing the prefix already in the slot's cache. Optional arguments cost one
+token when absent (none after a value whose delimiter already closed the object). Works against
 llama.cpp's server (the local engine); elsewhere it falls back to ordinary tool-call decoding,
 logs a warning and flags the result (``DecodeResult.mode``). ``decode_calls(model, messages,
 tools)`` is the one-call entry point (validated calls, or a clear error).
