@@ -14,6 +14,7 @@ from agentrt import Agent
 from agentrt.memory_store import MemoryStore
 from agentrt.sleeptime import (
     DEFAULT_MATCH_THRESHOLD,
+    DEFAULT_VERIFY_FLOOR,
     LearnedMemory,
     SleepTimeScheduler,
     _prompts,
@@ -71,7 +72,7 @@ async def test_a_paraphrased_predicted_question_is_served_from_its_precomputed_a
     run = ScriptedModel([PLAN], [ANSWER])
     model = Routed(sleep, run)
     sched = SleepTimeScheduler(minilm_store, model, min_idle_s=0.0, every_n_runs=0, consolidate_on_idle=False,
-                               tracer=Tracer(None))
+                               tracer=Tracer(None), verify_floor=DEFAULT_VERIFY_FLOOR)
     agent = Agent(model, make_registry([]), memory=minilm_store, tracing=False, sandbox="none", sleeptime=sched)
     async with agent:
         agent.attach_context("gsm0", CONTEXT)
