@@ -9,10 +9,10 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from _fake_openai import fake_openai
 from _sleeptime_fake import step_of
 
 
@@ -25,36 +25,20 @@ def endpoint():
     calls.hold = threading.Event()  # set: a notes call about a text containing "SLOW" waits for `release`
     hold, release = calls.hold, threading.Event()
 
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: object) -> None:
-            pass
+    def reply(body: dict) -> str:
+        step = step_of(body["messages"])
+        calls.append(step)
+        if step == "notes" and hold.is_set() and "SLOW" in body["messages"][1]["content"]:
+            release.wait(60)
+        if step == "notes":
+            return "Each tree gives 4 apples, 3 trees: 12 apples a day.\nKEY FACTS:\n- 12 apples a day"
+        return json.dumps({"items": [{"question": "How many apples a day?", "answer": "12"}]})
 
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-            step = step_of(body["messages"])
-            calls.append(step)
-            if step == "notes" and hold.is_set() and "SLOW" in body["messages"][1]["content"]:
-                release.wait(60)
-            content = ("Each tree gives 4 apples, 3 trees: 12 apples a day.\nKEY FACTS:\n- 12 apples a day"
-                       if step == "notes" else json.dumps({"items": [{"question": "How many apples a day?",
-                                                                      "answer": "12"}]}))
-            out = json.dumps({"object": "chat.completion", "model": body.get("model"),
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": content}}],
-                              "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120}}).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(out)))
-            self.end_headers()
-            self.wfile.write(out)
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1", calls
-    release.set()
-    server.shutdown()
-    server.server_close()
+    with fake_openai(reply, prompt_tokens=100, completion_tokens=20) as (url, _):
+        try:
+            yield url, calls
+        finally:
+            release.set()  # before the server's shutdown waits for a held request
 
 
 def agentrt(args: list[str], env: dict) -> subprocess.CompletedProcess:
