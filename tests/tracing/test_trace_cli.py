@@ -138,9 +138,9 @@ def test_a_store_written_before_runs_kept_their_question_opens_and_fills_it(tmp_
                     "DEFAULT 0, cost_usd REAL, unpriced_calls INTEGER DEFAULT 0, energy_j REAL, energy_method TEXT, "
                     "llm_calls INTEGER DEFAULT 0, tool_calls INTEGER DEFAULT 0, span_count INTEGER DEFAULT 0, "
                     "critical_path TEXT, critical_path_s REAL, parallel_efficiency REAL)")
-        con.execute("INSERT INTO runs (run_id, name, started_ns, ended_ns, status) VALUES ('a' , 'old', 1, 2, 'ok')")
+        con.execute("INSERT INTO runs (run_id, name, started_ns, ended_ns, status) VALUES ('zz-old', 'old', 1, 2, 'ok')")
     store = TraceStore(path)
     run_id = anyio.run(make_run, store.tracer(), "new question")
     assert store.flush()
     assert store.run(run_id).question == "new question"
-    assert store.run("a").question is None and store.run("a").name == "old"
+    assert store.run("zz-old").question is None and store.run("zz-old").name == "old"
