@@ -29,7 +29,7 @@ from agentrt import Agent, PlanExample, tool
 from agentrt.config import get_settings
 from agentrt.tools import Limits
 
-DEFAULT_QUESTION = "According to their documentation, what are the rich and typer packages each for?"
+DEFAULT_QUESTION = "According to their documentation, what is each of the packages rich and typer for?"
 _WORD = re.compile(r"[a-z0-9]+")
 _SUFFIXES = {".md", ".txt", ".rst"}
 
