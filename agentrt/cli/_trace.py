@@ -110,10 +110,10 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
     if as_json:
         console.print_json(json.dumps([_summary_dict(r) for r in runs], default=str))
         return
-    # Narrow terminals (< 120 columns) get fewer, shorter columns that stay readable (status as
+    # Narrow terminals (< 150 columns) get fewer, shorter columns that stay readable (status as
     # the run id's colour, LLM/tool calls in one column, the start time as HH:MM, or MM-DD when
     # not today) instead of every column squeezed to an ellipsis.
-    wide = console.width >= 120
+    wide = console.width >= 150  # the wide table needs ~134 columns besides the question
     t = Table(title=f"runs in {store.path} ({store.count_runs()} in all)", title_justify="left")
     if wide:
         cols = ["run", "started", "question", "status", "wall", "LLM", "tools", "tokens in/cached/out", "cost",
@@ -123,7 +123,7 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
     for col in cols:
         t.add_column(col, justify="left" if col in ("run", "started", "start", "question", "status") else "right",
                      no_wrap=True, overflow="ellipsis",
-                     max_width=(60 if wide else max(10, console.width - 63)) if col == "question" else None)
+                     max_width=(min(60, console.width - 134) if wide else max(10, console.width - 63)) if col == "question" else None)
     colour = {"ok": "green", "error": "red"}
     today = _dt.date.today().strftime("%Y-%m-%d")
     for r in runs:
@@ -143,7 +143,7 @@ def ls(limit: int = typer.Option(20, "--limit", "-n", help="How many runs, newes
         console.print("[dim]≈ estimated energy; par.eff = tool-call seconds / wall seconds[/]")
     else:
         console.print("[dim]run id: [green]ok[/] [red]error[/] [yellow]running[/]; calls: LLM/tool; tokens: "
-                      "in/cached/out; energy and parallel efficiency: 120+ columns, or --json[/]")
+                      "in/cached/out; energy and parallel efficiency: 150+ columns, or --json[/]")
 
 
 def _span_label(s: SpanRecord, crit: set[str]) -> Text:

@@ -118,13 +118,14 @@ def test_a_question_with_brackets_is_printed_as_text_not_markup(store: TraceStor
         assert "[/etc]" in r.output and "[red]" in r.output, r.output
 
 
-def test_ls_at_80_columns_keeps_ids_questions_and_tokens_readable(store: TraceStore) -> None:
+@pytest.mark.parametrize("columns", [80, 120, 150])
+def test_ls_keeps_ids_questions_and_tokens_readable_at_any_width(store: TraceStore, columns: int) -> None:
     run_id = anyio.run(make_run, store.tracer(), "Danube length?")
     assert store.flush()
-    r = CliRunner().invoke(app, ["trace", "ls", "--store", str(store.path)], env={"COLUMNS": "80"})
+    r = CliRunner().invoke(app, ["trace", "ls", "--store", str(store.path)], env={"COLUMNS": str(columns)})
     assert r.exit_code == 0, r.output
-    assert max(len(line) for line in r.output.splitlines()) <= 80
-    assert run_id[:8] in r.output and "Danube" in r.output and "2100/300/190" in r.output
+    assert max(len(line) for line in r.output.splitlines()) <= columns
+    assert run_id[:8] in r.output and "Danube length?" in r.output and "2100/300/190" in r.output
 
 
 def test_a_store_written_before_runs_kept_their_question_opens_and_fills_it(tmp_path: Path) -> None:
