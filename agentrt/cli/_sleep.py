@@ -104,7 +104,12 @@ def run(file: Path = FileArg,
 
     from agentrt.sleeptime import JobBudget, SleepTimeScheduler
 
-    text = file.read_text()
+    try:
+        text = file.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise typer.BadParameter(f"cannot read {file} as text: {exc}", param_hint="FILE") from None
+    if not text.strip():  # nothing to learn from: spend no tokens on it
+        raise typer.BadParameter(f"{file} is empty: a context needs some text", param_hint="FILE")
     cid = context_id or file.stem
 
     async def main() -> list[dict]:

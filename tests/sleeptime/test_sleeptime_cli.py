@@ -148,3 +148,15 @@ def test_sleep_daemon_learns_dropped_files_and_stops_cleanly_on_sigterm(tmp_path
                 proc.kill()
     assert _steps(db, "slow") == ["context", "notes", "predict"]
     assert calls[n:] == ["notes", "predict"]                     # farm: all steps stored, no call
+
+
+def test_sleep_run_refuses_an_empty_context_without_a_model_call(tmp_path, endpoint):
+    url, calls = endpoint
+    env = {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
+           "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n")
+    proc = agentrt(["sleep", "run", str(empty)], env)
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert "is empty" in proc.stdout + proc.stderr
+    assert calls == []
