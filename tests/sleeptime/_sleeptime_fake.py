@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from typing import Any
 
 import anyio
 
@@ -75,3 +76,18 @@ class FakeModel:
 
     def steps(self) -> list[str]:
         return [c["step"] for c in self.calls]
+
+
+class Routed:
+    """Sleep-time and verification calls go to a `FakeModel`, planner/joiner calls to a `ScriptedModel`."""
+
+    model_name = "scripted"
+
+    def __init__(self, sleep: FakeModel, run: Any) -> None:  # run: a `ScriptedModel`
+        self.sleep, self.run = sleep, run
+
+    async def complete(self, messages, **kw):
+        first = messages[0]
+        if isinstance(first, dict) and first["content"] in (_prompts.ANTICIPATE_SYSTEM, _prompts.VERIFY_SYSTEM):
+            return await self.sleep.complete(messages, **{k: v for k, v in kw.items() if k != "stream"})
+        return await self.run.complete(messages, **kw)

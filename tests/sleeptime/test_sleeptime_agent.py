@@ -9,11 +9,11 @@ import time
 import anyio
 import pytest
 from _scripted import ScriptedModel, make_registry
-from _sleeptime_fake import FakeModel
+from _sleeptime_fake import FakeModel, Routed
 
 from agentrt import Agent
 from agentrt.memory_store import HashingEmbedder, MemoryStore
-from agentrt.sleeptime import SleepTimeScheduler, _prompts, learned_label
+from agentrt.sleeptime import SleepTimeScheduler, learned_label
 from agentrt.tracing import Tracer
 
 pytestmark = pytest.mark.anyio
@@ -21,21 +21,6 @@ pytestmark = pytest.mark.anyio
 CONTEXT = "Janet has 3 apple trees. Each tree gives 4 apples a day. She sells every apple for $2."
 ANSWER = {"thought": "ok", "action": "answer", "answer": "computed"}
 PLAN = ['1. search(query="apples")\n2. join()']
-
-
-class Both:
-    """Sleep-time job calls go to a `FakeModel`, the agent's planner/joiner calls to a `ScriptedModel`."""
-
-    model_name = "scripted"
-
-    def __init__(self, sleep: FakeModel, run: ScriptedModel) -> None:
-        self.sleep, self.run = sleep, run
-
-    async def complete(self, messages, **kw):
-        first = messages[0]
-        if isinstance(first, dict) and first["content"] in (_prompts.ANTICIPATE_SYSTEM, _prompts.VERIFY_SYSTEM):
-            return await self.sleep.complete(messages, **{k: v for k, v in kw.items() if k != "stream"})
-        return await self.run.complete(messages, **kw)
 
 
 @pytest.fixture
@@ -47,7 +32,7 @@ def store(tmp_path):
 
 def make(store, sleep: FakeModel, plans=(), joins=(), **kw):
     run = ScriptedModel(list(plans), list(joins))
-    model = Both(sleep, run)
+    model = Routed(sleep, run)
     sched = SleepTimeScheduler(store, model, min_idle_s=0.0, every_n_runs=0, consolidate_on_idle=False,
                                tracer=Tracer(None), **kw)
     agent = Agent(model, make_registry([]), memory=store, tracing=False, sandbox="none", sleeptime=sched)
@@ -111,7 +96,7 @@ async def test_a_run_preempts_sleep_time_work_at_once_and_the_job_resumes(store)
 
 async def test_sleeptime_true_starts_and_stops_with_the_agent_and_misuse_is_refused(store):
     sleep = FakeModel()
-    model = Both(sleep, ScriptedModel([], []))
+    model = Routed(sleep, ScriptedModel([], []))
     with pytest.raises(ValueError, match="needs memory"):
         Agent(model, memory=False, sleeptime=True)
     agent = Agent(model, memory=store, tracing=False, sandbox="none", sleeptime=True)

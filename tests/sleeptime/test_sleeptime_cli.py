@@ -41,6 +41,12 @@ def endpoint():
             release.set()  # before the server's shutdown waits for a held request
 
 
+def _env(tmp_path: Path, url: str) -> dict:
+    """A private home, the fake endpoint, the hashing embedder (no model files) and a wide terminal."""
+    return {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
+            "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+
+
 def agentrt(args: list[str], env: dict) -> subprocess.CompletedProcess:
     script = Path(sys.executable).with_name("agentrt")
     cmd = [str(script)] if script.exists() else [sys.executable, "-c", "from agentrt.cli import main; main()"]
@@ -49,8 +55,7 @@ def agentrt(args: list[str], env: dict) -> subprocess.CompletedProcess:
 
 def test_sleep_run_status_and_budget(tmp_path, endpoint):
     url, calls = endpoint
-    env = {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
-           "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+    env = _env(tmp_path, url)
     ctx = tmp_path / "farm.txt"
     ctx.write_text("Janet has 3 apple trees. Each tree gives 4 apples a day.")
 
@@ -92,8 +97,7 @@ def _steps(db: Path, context_id: str) -> list[str]:
 
 def test_sleep_daemon_learns_dropped_files_and_stops_cleanly_on_sigterm(tmp_path, endpoint):
     url, calls = endpoint
-    env = {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
-           "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+    env = _env(tmp_path, url)
     watch, db = tmp_path / "contexts", tmp_path / "m.db"
     watch.mkdir()
     script = Path(sys.executable).with_name("agentrt")
@@ -152,8 +156,7 @@ def test_sleep_daemon_learns_dropped_files_and_stops_cleanly_on_sigterm(tmp_path
 
 def test_sleep_run_refuses_an_empty_context_without_a_model_call(tmp_path, endpoint):
     url, calls = endpoint
-    env = {**os.environ, "AGENTRT_HOME": str(tmp_path / "home"), "AGENTRT_BASE_URL": url,
-           "AGENTRT_MEMORY__EMBEDDER": "hashing", "COLUMNS": "200"}
+    env = _env(tmp_path, url)
     empty = tmp_path / "empty.txt"
     empty.write_text("  \n\n")
     proc = agentrt(["sleep", "run", str(empty)], env)

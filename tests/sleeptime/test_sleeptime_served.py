@@ -8,7 +8,7 @@ from __future__ import annotations
 import anyio
 import pytest
 from _scripted import ScriptedModel, make_registry
-from _sleeptime_fake import FakeModel
+from _sleeptime_fake import FakeModel, Routed
 
 from agentrt import Agent
 from agentrt.memory_store import MemoryStore
@@ -17,7 +17,6 @@ from agentrt.sleeptime import (
     DEFAULT_VERIFY_FLOOR,
     LearnedMemory,
     SleepTimeScheduler,
-    _prompts,
 )
 from agentrt.tracing import Tracer
 
@@ -49,21 +48,6 @@ def minilm_store(tmp_path):
     store = MemoryStore(tmp_path / "m.db", embedder=emb, auto_compact=False)
     yield store
     store.close()
-
-
-class Routed:
-    """Sleep-time and verification calls go to a `FakeModel`, planner/joiner calls to a `ScriptedModel`."""
-
-    model_name = "scripted"
-
-    def __init__(self, sleep: FakeModel, run: ScriptedModel) -> None:
-        self.sleep, self.run = sleep, run
-
-    async def complete(self, messages, **kw):
-        first = messages[0]
-        if isinstance(first, dict) and first["content"] in (_prompts.ANTICIPATE_SYSTEM, _prompts.VERIFY_SYSTEM):
-            return await self.sleep.complete(messages, **{k: v for k, v in kw.items() if k != "stream"})
-        return await self.run.complete(messages, **kw)
 
 
 async def test_a_paraphrased_predicted_question_is_served_from_its_precomputed_answer(minilm_store):
